@@ -1,0 +1,149 @@
+"""The one typed settings object. Nothing else in npcforge reads os.environ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong. The message names the variable; it never holds a secret."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+
+    openrouter_api_key: SecretStr | None = Field(default=None, alias="OPENROUTER_API_KEY")
+    openrouter_base_url: str = Field(default=DEFAULT_OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL")
+    openrouter_model: str = Field(default="openai/gpt-4o-mini", alias="OPENROUTER_MODEL")
+    openrouter_fallback_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="OPENROUTER_FALLBACK_MODELS"
+    )
+    app_url: str = Field(default="", alias="APP_URL")
+    app_title: str = Field(default="", alias="APP_TITLE")
+    openrouter_timeout_seconds: float = Field(default=60.0, gt=0, alias="OPENROUTER_TIMEOUT_SECONDS")
+    openrouter_max_retries: int = Field(default=2, ge=0, le=10, alias="OPENROUTER_MAX_RETRIES")
+    openrouter_requests_per_minute: int | None = Field(
+        default=None, gt=0, alias="OPENROUTER_REQUESTS_PER_MINUTE"
+    )
+    # Retry-After values above this are not slept on a slot: the job goes back to the queue.
+    openrouter_max_retry_after_seconds: float = Field(
+        default=20.0, ge=0, alias="OPENROUTER_MAX_RETRY_AFTER_SECONDS"
+    )
+    openrouter_max_connections: int = Field(default=64, ge=1, alias="OPENROUTER_MAX_CONNECTIONS")
+
+    provider: Literal["openrouter", "template"] = Field(default="openrouter", alias="NPCFORGE_PROVIDER")
+    storage: Literal["supabase", "filesystem"] = Field(default="supabase", alias="NPCFORGE_STORAGE")
+    supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None, alias="SUPABASE_SERVICE_ROLE_KEY"
+    )
+    bucket: str = Field(default="npc-xml-files", min_length=1, alias="NPCFORGE_BUCKET")
+    storage_dir: Path = Field(default=Path("./.npcforge/storage"), alias="NPCFORGE_STORAGE_DIR")
+
+    concurrency: int = Field(default=16, ge=1, le=1000, alias="NPCFORGE_CONCURRENCY")
+    lease_seconds: float = Field(default=30.0, ge=1, alias="NPCFORGE_LEASE_SECONDS")
+    max_attempts: int = Field(default=3, ge=1, le=100, alias="NPCFORGE_MAX_ATTEMPTS")
+    poll_seconds: float = Field(default=5.0, gt=0, alias="NPCFORGE_POLL_SECONDS")
+    shutdown_seconds: float = Field(default=30.0, ge=0, alias="NPCFORGE_SHUTDOWN_SECONDS")
+    job_deadline_seconds: float = Field(default=300.0, gt=0, alias="NPCFORGE_JOB_DEADLINE_SECONDS")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="NPCFORGE_METRICS_PORT")
+
+    auth: Literal["jwt", "none"] = Field(default="jwt", alias="NPCFORGE_AUTH")
+    supabase_jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
+    jwt_audience: str = Field(default="authenticated", alias="NPCFORGE_JWT_AUDIENCE")
+    jwks_url: str | None = Field(default=None, alias="NPCFORGE_JWKS_URL")
+    generate_per_minute: int = Field(default=10, ge=1, alias="NPCFORGE_GENERATE_PER_MINUTE")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="NPCFORGE_CORS_ORIGINS")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", alias="NPCFORGE_LOG_LEVEL"
+    )
+    log_format: Literal["json", "text"] | None = Field(default=None, alias="NPCFORGE_LOG_FORMAT")
+    home: Path = Field(default=Path("./.npcforge"), alias="NPCFORGE_HOME")
+
+    @field_validator("openrouter_fallback_models", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("log_level", "log_format", "provider", "storage", "auth", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "openrouter_requests_per_minute", "metrics_port", "log_format", "jwks_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    # --- derived values -------------------------------------------------------------------
+
+    @property
+    def effective_jwks_url(self) -> str | None:
+        if self.jwks_url:
+            return self.jwks_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set (a libpq URL such as postgresql://…)")
+        return self.database_url
+
+    def require_openrouter_key(self) -> str:
+        if self.openrouter_api_key is None or not self.openrouter_api_key.get_secret_value():
+            raise ConfigError(
+                "OPENROUTER_API_KEY is not set; it is required when NPCFORGE_PROVIDER=openrouter "
+                "(use NPCFORGE_PROVIDER=template for the offline provider)"
+            )
+        return self.openrouter_api_key.get_secret_value()
+
+    def require_supabase(self) -> tuple[str, str]:
+        if not self.supabase_url:
+            raise ConfigError("SUPABASE_URL is not set; it is required when NPCFORGE_STORAGE=supabase")
+        key = self.supabase_service_role_key
+        if key is None or not key.get_secret_value():
+            raise ConfigError(
+                "SUPABASE_SERVICE_ROLE_KEY is not set; it is required when NPCFORGE_STORAGE=supabase"
+            )
+        return self.supabase_url, key.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment (and .env), turning validation errors into ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except (ValidationError, SettingsError) as exc:
+        if isinstance(exc, SettingsError):
+            raise ConfigError(f"invalid configuration: {exc}") from None
+        problems = []
+        for err in exc.errors():
+            loc = err.get("loc") or ("?",)
+            name = str(loc[0])
+            field = Settings.model_fields.get(name)
+            env_name = field.alias if field is not None and field.alias else name
+            problems.append(f"{env_name}: {err.get('msg', 'invalid value')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
