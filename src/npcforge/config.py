@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "text"] | None = Field(default=None, alias="NPCFORGE_LOG_FORMAT")
     home: Path = Field(default=Path("./.npcforge"), alias="NPCFORGE_HOME")
+    # Set by systemd for Type=notify services.
+    notify_socket: str | None = Field(default=None, alias="NOTIFY_SOCKET")
+    watchdog_usec: str | None = Field(default=None, alias="WATCHDOG_USEC")
 
     @field_validator("openrouter_fallback_models", "cors_origins", mode="before")
     @classmethod

@@ -1,0 +1,57 @@
+"""Composition: build providers, storage and the worker from Settings."""
+
+from __future__ import annotations
+
+import logging
+
+from npcforge.config import ConfigError, Settings
+from npcforge.generation.base import Provider
+from npcforge.generation.template import TemplateProvider
+from npcforge.storage.base import Storage
+from npcforge.storage.factory import build_storage
+from npcforge.worker.daemon import Worker
+from npcforge.worker.sdnotify import SystemdNotifier
+
+log = logging.getLogger("npcforge")
+
+
+def build_provider(settings: Settings) -> Provider:
+    if settings.provider == "template":
+        return TemplateProvider()
+    from npcforge.generation.openrouter import OpenRouterProvider
+
+    return OpenRouterProvider(settings)
+
+
+def check_worker_config(settings: Settings) -> None:
+    """Fail fast (exit 2) on anything the worker would need and does not have."""
+    settings.require_database_url()
+    if settings.provider == "openrouter":
+        settings.require_openrouter_key()
+    if settings.storage == "supabase":
+        settings.require_supabase()
+
+
+def offline_fallback(settings: Settings) -> Settings:
+    """dev/demo: without an OpenRouter key, use the template provider (and say so)."""
+    if settings.provider == "openrouter" and settings.openrouter_api_key is None:
+        return settings.model_copy(update={"provider": "template"})
+    return settings
+
+
+def build_worker(settings: Settings, dsn: str, storage: Storage | None = None) -> Worker:
+    return Worker(
+        dsn=dsn,
+        provider=build_provider(settings),
+        storage=storage or build_storage(settings),
+        concurrency=settings.concurrency,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        poll_seconds=settings.poll_seconds,
+        shutdown_seconds=settings.shutdown_seconds,
+        job_deadline_seconds=settings.job_deadline_seconds,
+        notifier=SystemdNotifier(settings.notify_socket, settings.watchdog_usec),
+    )
+
+
+__all__ = ["ConfigError", "build_provider", "build_worker", "check_worker_config", "offline_fallback"]

@@ -1,0 +1,63 @@
+"""Connections: the pool, the dedicated LISTEN connection, and their shared set-up."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import asyncpg
+
+# Detect a dead server on an idle connection from the client side too (TCP only).
+_KEEPALIVE_OPTIONS = (
+    ("TCP_KEEPIDLE", 10),
+    ("TCP_KEEPINTVL", 3),
+    ("TCP_KEEPCNT", 3),
+)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    _enable_keepalive(conn)
+
+
+def _enable_keepalive(conn: asyncpg.Connection) -> None:
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE_OPTIONS:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _server_settings(application_name: str) -> dict[str, str]:
+    return {"application_name": application_name}
+
+
+async def connect(dsn: str, *, application_name: str = "npcforge", timeout: float = 10.0) -> Any:
+    conn = await asyncpg.connect(
+        dsn, timeout=timeout, server_settings=_server_settings(application_name)
+    )
+    await init_connection(conn)
+    return conn
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, application_name: str = "npcforge"
+) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        timeout=10.0,
+        command_timeout=60.0,
+        max_inactive_connection_lifetime=300.0,
+        server_settings=_server_settings(application_name),
+    )
+    assert pool is not None
+    return pool

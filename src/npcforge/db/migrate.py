@@ -1,0 +1,121 @@
+"""Apply `sql/migrations/*.sql` once each, in order, under an advisory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import asyncpg
+
+log = logging.getLogger("npcforge.migrate")
+
+# Any constant works; it only has to be the same for every npcforge process.
+MIGRATION_LOCK_KEY = 0x6E7063666F726765  # "npcforge"
+
+_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS npcforge_schema_migrations (
+  version text PRIMARY KEY,
+  name text NOT NULL,
+  checksum text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(Exception):
+    """The database's migration history disagrees with the files shipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def _migrations_dir() -> Traversable:
+    # Installed wheel: shipped inside the package. Editable checkout: the repo's top-level sql/.
+    packaged = resources.files("npcforge").joinpath("sql", "migrations")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[3] / "sql" / "migrations"
+
+
+def load_migrations() -> list[Migration]:
+    found: list[Migration] = []
+    for entry in _migrations_dir().iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        stem = entry.name[: -len(".sql")]
+        version, _, name = stem.partition("_")
+        if not version.isdigit():
+            raise MigrationError(f"migration file {entry.name!r} does not start with a number")
+        found.append(Migration(version=version, name=name or stem, sql=entry.read_text("utf-8")))
+    found.sort(key=lambda m: int(m.version))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return found
+
+
+async def applied_migrations(conn: asyncpg.Connection) -> dict[str, str]:
+    exists = await conn.fetchval("SELECT to_regclass('npcforge_schema_migrations') IS NOT NULL")
+    if not exists:
+        return {}
+    rows = await conn.fetch("SELECT version, checksum FROM npcforge_schema_migrations")
+    return {row["version"]: row["checksum"] for row in rows}
+
+
+def pending(migrations: list[Migration], applied: dict[str, str]) -> list[Migration]:
+    """Migrations not yet applied; raise if an applied one's file changed."""
+    todo: list[Migration] = []
+    for migration in migrations:
+        checksum = applied.get(migration.version)
+        if checksum is None:
+            todo.append(migration)
+        elif checksum != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.version}_{migration.name}.sql was changed after it was "
+                f"applied (checksum {checksum[:12]}… in the database, {migration.checksum[:12]}… "
+                "on disk); restore the file or write a new migration"
+            )
+    return todo
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations. Safe to run concurrently: the advisory lock serialises runs."""
+    migrations = load_migrations()
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(_LEDGER_DDL)
+        todo = pending(migrations, await applied_migrations(conn))
+        done: list[str] = []
+        for migration in todo:
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO npcforge_schema_migrations (version, name, checksum) "
+                    "VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            log.info("applied migration", extra={"version": migration.version})
+            done.append(f"{migration.version}_{migration.name}")
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def check_current(conn: asyncpg.Connection) -> list[str]:
+    """Names of migrations not yet applied (raises MigrationError on a changed file)."""
+    todo = pending(load_migrations(), await applied_migrations(conn))
+    return [f"{m.version}_{m.name}" for m in todo]

@@ -1,0 +1,204 @@
+-- The application's queries, one named block each ("-- name: <name>").
+-- Loaded once by npcforge.db.queries; reviewed and EXPLAINed as SQL.
+
+-- name: claim_jobs
+-- Take up to $1 runnable jobs, oldest first, skipping rows other workers hold.
+WITH picked AS (
+  SELECT id
+    FROM npcs
+   WHERE generation_job_status = 'queued'
+     AND generation_job_run_after <= now()
+   ORDER BY generation_job_run_after, id
+   LIMIT $1
+   FOR UPDATE SKIP LOCKED
+)
+UPDATE npcs AS n
+   SET generation_job_status = 'processing',
+       generation_job_attempts = n.generation_job_attempts + 1,
+       generation_job_lease_owner = $2,
+       generation_job_lease_token = gen_random_uuid(),
+       generation_job_lease_expires_at = now() + make_interval(secs => $3),
+       generation_job_claimed_at = now()
+  FROM picked
+ WHERE n.id = picked.id
+RETURNING n.id, n.generation_job_id AS job_id, n.generation_job_lease_token AS lease_token,
+          n.generation_job_attempts AS attempt, n.generation_job_queued_at AS queued_at,
+          n.generation_job_claimed_at AS claimed_at;
+
+-- name: renew_leases
+-- One statement renews every running job of a worker; tokens missing from the result were lost
+-- (reaped, superseded by a new job, or cancelled).
+UPDATE npcs
+   SET generation_job_lease_expires_at = now() + make_interval(secs => $3)
+ WHERE generation_job_status = 'processing'
+   AND generation_job_lease_owner = $1
+   AND generation_job_lease_token = ANY($2::uuid[])
+RETURNING generation_job_lease_token AS lease_token;
+
+-- name: reap_expired_leases
+-- Rows whose lease ran out go back to the queue (the attempt stays counted), or fail with
+-- WORKER_LOST once $1 attempts are used up.
+WITH expired AS (
+  SELECT id, generation_job_attempts AS attempts
+    FROM npcs
+   WHERE generation_job_status = 'processing'
+     AND generation_job_lease_expires_at < now()
+   ORDER BY generation_job_lease_expires_at
+   LIMIT 500
+   FOR UPDATE SKIP LOCKED
+)
+UPDATE npcs AS n
+   SET generation_job_status = CASE WHEN e.attempts >= $1 THEN 'failed' ELSE 'queued' END::generation_job_status,
+       generation_job_error = CASE WHEN e.attempts >= $1 THEN jsonb_build_object(
+         'code', 'WORKER_LOST',
+         'message', format('the worker running this job stopped renewing its lease (%s attempts)', e.attempts))
+         ELSE n.generation_job_error END,
+       generation_job_finished_at = CASE WHEN e.attempts >= $1 THEN now() END,
+       generation_job_run_after = now(),
+       generation_job_lease_owner = NULL,
+       generation_job_lease_token = NULL,
+       generation_job_lease_expires_at = NULL
+  FROM expired AS e
+ WHERE n.id = e.id
+RETURNING n.id, n.generation_job_status::text AS status;
+
+-- name: load_npc
+-- The full record with its active shop items and keywords (keywords in sort order).
+SELECT n.id, n.owner_id, n.name, n.script, n.walk_interval, n.floor_change, n.health_now,
+       n.health_max, n.look_type::text AS look_type, n.look_type_id, n.look_item_id, n.look_head,
+       n.look_body, n.look_legs, n.look_feet, n.look_addons, n.look_mount, n.greet_message,
+       n.farewell_message, n.decline_message, n.no_shop_message, n.on_close_shop_message,
+       n.focus_enabled, n.travel_enabled, n.voice_enabled, n.shop_enabled,
+       n.shop_mode::text AS shop_mode, n.keywords_enabled,
+       coalesce((
+         SELECT jsonb_agg(jsonb_build_object(
+                  'list_type', s.list_type, 'name', s.name, 'item_id', s.item_id,
+                  'price', s.price, 'subtype', s.subtype, 'charges', s.charges,
+                  'real_name', s.real_name, 'container_item_id', s.container_item_id)
+                ORDER BY s.list_type, s.created_at, s.id)
+           FROM npc_shop_items s
+          WHERE s.npc_id = n.id AND s.deleted_at IS NULL), '[]'::jsonb) AS shop_items,
+       coalesce((
+         SELECT jsonb_agg(jsonb_build_object(
+                  'response', k.response,
+                  'phrases', coalesce((
+                    SELECT jsonb_agg(p.phrase ORDER BY p.created_at, p.id)
+                      FROM npc_keyword_phrases p
+                     WHERE p.keyword_id = k.id AND p.deleted_at IS NULL), '[]'::jsonb))
+                ORDER BY k.sort_index, k.created_at, k.id)
+           FROM npc_keywords k
+          WHERE k.npc_id = n.id AND k.deleted_at IS NULL), '[]'::jsonb) AS keywords
+  FROM npcs n
+ WHERE n.id = $1 AND n.deleted_at IS NULL;
+
+-- name: lock_job_for_publish
+-- Fencing: hold the row while the XML is uploaded; a newer job (force) or a cancel waits.
+SELECT 1
+  FROM npcs
+ WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
+   AND generation_job_status = 'processing'
+   FOR UPDATE;
+
+-- name: finish_succeeded
+UPDATE npcs
+   SET generation_job_status = 'succeeded',
+       generation_job_error = NULL,
+       content_size_bytes = $4,
+       generation_job_finished_at = now(),
+       generation_job_lease_owner = NULL,
+       generation_job_lease_token = NULL,
+       generation_job_lease_expires_at = NULL
+ WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
+   AND generation_job_status = 'processing';
+
+-- name: finish_failed
+UPDATE npcs
+   SET generation_job_status = 'failed',
+       generation_job_error = $4::jsonb,
+       generation_job_finished_at = now(),
+       generation_job_lease_owner = NULL,
+       generation_job_lease_token = NULL,
+       generation_job_lease_expires_at = NULL
+ WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
+   AND generation_job_status = 'processing';
+
+-- name: requeue_for_retry
+-- Hand the job back with its id and attempt count; it runs again after $4 seconds.
+UPDATE npcs
+   SET generation_job_status = 'queued',
+       generation_job_error = $5::jsonb,
+       generation_job_run_after = now() + make_interval(secs => $4)
+ WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
+   AND generation_job_status = 'processing';
+
+-- name: release_jobs
+-- Shutdown: hand unfinished jobs back at once; the interrupted attempt is not counted.
+UPDATE npcs
+   SET generation_job_status = 'queued',
+       generation_job_attempts = greatest(generation_job_attempts - 1, 0),
+       generation_job_run_after = now()
+ WHERE generation_job_status = 'processing'
+   AND generation_job_lease_owner = $1
+   AND generation_job_lease_token = ANY($2::uuid[])
+RETURNING id;
+
+-- name: insert_attempt
+INSERT INTO npc_generation_attempts (
+  job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message, model,
+  generation_id, request_id, prompt_tokens, completion_tokens, cost, retries, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
+
+-- name: next_run_after
+-- When the earliest delayed job becomes runnable (NULL when nothing is queued).
+SELECT min(generation_job_run_after) - now() AS wait
+  FROM npcs
+ WHERE generation_job_status = 'queued';
+
+-- name: queue_stats
+SELECT count(*) AS depth,
+       coalesce(extract(epoch FROM now() - min(generation_job_queued_at)), 0)::float8 AS oldest_age
+  FROM npcs
+ WHERE generation_job_status = 'queued';
+
+-- name: enqueue
+SELECT npcforge_enqueue($1, $2) AS job_id;
+
+-- name: enqueue_by_update
+-- The plain-SQL way: what a user types in psql.
+UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1
+RETURNING generation_job_id AS job_id;
+
+-- name: job_status
+SELECT n.id AS npc_id, n.owner_id, n.deleted_at, n.generation_job_id AS job_id,
+       n.generation_job_status::text AS status, n.generation_job_started_at AS started_at,
+       n.generation_job_error AS error, n.content_size_bytes,
+       coalesce(n.generation_job_updated_at, n.generation_job_started_at) AS updated_at,
+       n.generation_job_attempts AS attempts, n.generation_job_run_after AS run_after,
+       n.generation_job_finished_at AS finished_at
+  FROM npcs n
+ WHERE n.id = $1;
+
+-- name: npc_owner
+SELECT owner_id, deleted_at, generation_job_status::text AS status FROM npcs WHERE id = $1;
+
+-- name: start_job_for_owner
+-- The API's enqueue: one statement, conflict decided under the row lock.
+WITH target AS (
+  SELECT id, generation_job_status
+    FROM npcs
+   WHERE id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR owner_id = $2)
+     FOR UPDATE
+), started AS (
+  UPDATE npcs AS n
+     SET generation_job_status = 'queued', generation_job_id = gen_random_uuid()
+    FROM target t
+   WHERE n.id = t.id
+     AND ($3 OR t.generation_job_status IS NULL
+          OR t.generation_job_status NOT IN ('queued', 'processing'))
+  RETURNING n.generation_job_id, n.generation_job_started_at
+)
+SELECT (SELECT count(*) FROM target) AS found,
+       (SELECT generation_job_status::text FROM target) AS previous_status,
+       s.generation_job_id AS job_id, s.generation_job_started_at AS submitted_at
+  FROM (SELECT 1) AS one
+  LEFT JOIN started s ON true;

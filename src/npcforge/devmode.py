@@ -1,0 +1,151 @@
+"""`npcforge demo` and `npcforge dev`: everything on one machine, no set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from npcforge.cli import EXIT_FAILURE, EXIT_OK, install_signal_handlers, sample_npc_data
+from npcforge.compose import build_worker, offline_fallback
+from npcforge.config import Settings
+from npcforge.db.connect import connect
+from npcforge.db.migrate import migrate
+from npcforge.embedded import EmbeddedPostgres, persistent_postgres, temporary_postgres
+from npcforge.importer import insert_npc, parse_npc
+from npcforge.storage.base import xml_key
+from npcforge.storage.filesystem import FilesystemStorage
+
+log = logging.getLogger("npcforge.dev")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _prepare(settings: Settings, storage_dir: Path | None) -> Settings:
+    settings = settings.model_copy(update={"storage": "filesystem"})
+    if storage_dir is not None:
+        settings = settings.model_copy(update={"storage_dir": storage_dir})
+    resolved = offline_fallback(settings)
+    if resolved.provider != settings.provider:
+        _say(
+            "npcforge: OPENROUTER_API_KEY is not set -- using the offline `template` provider "
+            "(deterministic XML, no language model)"
+        )
+    else:
+        _say(f"npcforge: provider `{resolved.provider}`, model {resolved.openrouter_model}")
+    return resolved
+
+
+async def _setup_database(dsn: str, *, import_sample: bool) -> Any:
+    conn = await connect(dsn, application_name="npcforge-dev")
+    await migrate(conn)
+    npc_id = None
+    if import_sample:
+        npc_id = await insert_npc(conn, parse_npc(sample_npc_data()))
+    return conn, npc_id
+
+
+async def run_demo(settings: Settings) -> int:
+    with tempfile.TemporaryDirectory(prefix="npcforge-demo-") as tmp:
+        settings = _prepare(settings, Path(tmp) / "storage")
+        with temporary_postgres() as pg:
+            return await _demo(settings, pg)
+
+
+async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
+    started = time.monotonic()
+    conn, npc_id = await _setup_database(pg.dsn, import_sample=True)
+    storage = FilesystemStorage(settings.storage_dir, settings.bucket)
+    await storage.ensure_bucket()
+    worker = build_worker(settings, pg.dsn, storage=storage)
+    worker_task = asyncio.create_task(worker.run())
+    try:
+        # Enqueue the way any user can: a plain UPDATE (the trigger assigns the job id).
+        job_id = await conn.fetchval(
+            "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 "
+            "RETURNING generation_job_id",
+            npc_id,
+        )
+        _say(f"npcforge: queued job {job_id} for sample NPC {npc_id}")
+        while True:
+            row = await conn.fetchrow(
+                "SELECT generation_job_status::text AS status, generation_job_error AS error "
+                "FROM npcs WHERE id = $1",
+                npc_id,
+            )
+            if row["status"] in ("succeeded", "failed"):
+                break
+            if worker_task.done():
+                worker_task.result()
+                _say("npcforge: the worker stopped before the job finished")
+                return EXIT_FAILURE
+            await asyncio.sleep(0.05)
+        if row["status"] == "failed":
+            error = row["error"] or {}
+            _say(f"npcforge: job failed: {error.get('code')}: {error.get('message')}")
+            return EXIT_FAILURE
+        data = await storage.get(xml_key(npc_id))
+        if data is None:
+            _say("npcforge: job succeeded but the XML is missing from storage")
+            return EXIT_FAILURE
+        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.flush()
+        _say(f"npcforge: done in {time.monotonic() - started:.2f} s ({len(data)} bytes)")
+        return EXIT_OK
+    finally:
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await worker_task
+        await worker.provider.close()
+        await conn.close()
+
+
+async def run_dev(settings: Settings, *, host: str, port: int) -> int:
+    import uvicorn
+
+    from npcforge.api.app import create_app
+    from npcforge.api.auth import NoAuth, is_loopback
+
+    if not is_loopback(host):
+        _say(f"npcforge: dev serves without authentication and only binds loopback, not {host!r}")
+        return 2
+    home = settings.home
+    settings = _prepare(settings, settings.storage_dir if "storage_dir" in settings.model_fields_set else home / "storage")
+    with persistent_postgres(home) as pg:
+        conn, _ = await _setup_database(pg.dsn, import_sample=False)
+        count = await conn.fetchval("SELECT count(*) FROM npcs")
+        if count == 0:
+            sample_id = await insert_npc(conn, parse_npc(sample_npc_data()))
+        else:
+            sample_id = await conn.fetchval("SELECT id FROM npcs ORDER BY created_at LIMIT 1")
+        await conn.close()
+        storage = FilesystemStorage(settings.storage_dir, settings.bucket)
+        await storage.ensure_bucket()
+        worker = build_worker(settings, pg.dsn, storage=storage)
+        app = create_app(settings, storage=storage, authenticator=NoAuth())
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+        def stop() -> None:
+            worker.stop()
+            server.should_exit = True
+
+        install_signal_handlers(stop)
+        socket_dir = pg.dsn.split("host=", 1)[-1]
+        _say(f"npcforge dev: data in {home.resolve()}, API on http://{host}:{port}")
+        _say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
+        _say(f"  psql 'host={socket_dir} user=postgres dbname=postgres'")
+        _say(f"  UPDATE npcs SET generation_job_status = 'queued' WHERE id = '{sample_id}';")
+        _say("  Ctrl-C stops.")
+        await asyncio.gather(worker.run(), server.serve())
+        await worker.provider.close()
+    return EXIT_OK

@@ -1,0 +1,23 @@
+"""The offline `template` provider: the record rendered by the XML rules, no model involved."""
+
+from __future__ import annotations
+
+import time
+
+from npcforge.generation.base import CallStats, Generated, RepairRequest
+from npcforge.generation.xmlrules import render_npc_xml
+from npcforge.npc import NpcRecord
+
+
+class TemplateProvider:
+    name = "template"
+
+    async def generate(self, npc: NpcRecord, repair: RepairRequest | None = None) -> Generated:
+        started = time.monotonic()
+        xml = render_npc_xml(npc)
+        return Generated(
+            xml=xml, stats=CallStats(model="template", upstream_ms=(time.monotonic() - started) * 1e3)
+        )
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,252 @@
+"""`npcforge npc import`: a strict JSON schema for one NPC, inserted in one transaction."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from npcforge.generation.xmlrules import list_text_problem
+
+# Owner of NPCs imported without an explicit ownerId (dev, demo, scripts).
+LOCAL_OWNER_ID = uuid.uuid5(uuid.NAMESPACE_URL, "npcforge:local-owner")
+MAX_LIST_ITEMS = 255
+
+Color = Annotated[int, Field(ge=0, le=132)]
+Message = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class ImportError_(ValueError):
+    """The input file cannot be imported; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, str_strip_whitespace=True
+    )
+
+
+class LookIn(_Strict):
+    type: Literal["player", "monster", "item"]
+    type_id: int | None = Field(default=None, gt=0, le=65535)
+    item_id: int | None = Field(default=None, gt=0, le=65535)
+    head: Color | None = None
+    body: Color | None = None
+    legs: Color | None = None
+    feet: Color | None = None
+    addons: int | None = Field(default=None, ge=0, le=3)
+    mount: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> Self:
+        colors = {"head": self.head, "body": self.body, "legs": self.legs, "feet": self.feet}
+        colors["addons"] = self.addons
+        if self.type in ("player", "monster") and self.type_id is None:
+            raise ValueError(f"typeId is required for a {self.type} look")
+        if self.type == "item":
+            if self.item_id is None:
+                raise ValueError("itemId is required for an item look")
+            if self.type_id is not None:
+                raise ValueError("typeId must be null for an item look")
+        elif self.item_id is not None:
+            raise ValueError(f"itemId must be null for a {self.type} look")
+        if self.type == "player":
+            missing = [name for name, value in colors.items() if value is None]
+            if missing:
+                raise ValueError("a player look needs " + ", ".join(missing))
+        else:
+            present = [name for name, value in colors.items() if value is not None]
+            if present:
+                raise ValueError(f"{', '.join(present)} must be null for a {self.type} look")
+        return self
+
+
+class StatsIn(_Strict):
+    health_now: int = Field(ge=0, le=65535)
+    health_max: int = Field(ge=1, le=65535)
+    walk_interval: int = Field(default=2000, ge=0, le=65535)
+    floor_change: bool = False
+
+    @model_validator(mode="after")
+    def _health(self) -> Self:
+        if self.health_max < self.health_now:
+            raise ValueError("healthMax must be at least healthNow")
+        return self
+
+
+class MessagesIn(_Strict):
+    greet: Message
+    farewell: Message
+    decline: Message
+    no_shop: Message
+    on_close_shop: Message
+
+
+class ModulesIn(_Strict):
+    focus_enabled: bool = False
+    travel_enabled: bool = False
+    voice_enabled: bool = False
+    shop_enabled: bool = False
+    shop_mode: Literal["trade_window", "talk_mode"] = "trade_window"
+    keywords_enabled: bool = False
+
+
+def _list_safe(value: str) -> str:
+    problem = list_text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class ShopItemIn(_Strict):
+    list_type: Literal["buy", "sell"]
+    name: str = Field(min_length=1, max_length=255)
+    item_id: int = Field(gt=0, le=65535)
+    price: int = Field(ge=0, le=2_147_483_647)
+    subtype: int = Field(default=0, ge=0, le=65535)
+    charges: int = Field(default=0, ge=0, le=65535)
+    real_name: str | None = Field(default=None, min_length=1, max_length=255)
+    container_item_id: int | None = Field(default=None, gt=0, le=65535)
+
+    _name_ok = field_validator("name")(_list_safe)
+
+
+class KeywordIn(_Strict):
+    response: str = Field(min_length=1, max_length=512)
+    phrases: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases_ok(cls, phrases: list[str]) -> list[str]:
+        for phrase in phrases:
+            _list_safe(phrase)
+        return phrases
+
+
+class NpcIn(_Strict):
+    owner_id: uuid.UUID | None = None
+    name: str = Field(min_length=1, max_length=255)
+    look: LookIn
+    stats: StatsIn
+    messages: MessagesIn
+    modules: ModulesIn = Field(default_factory=ModulesIn)
+    shop_items: list[ShopItemIn] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+    keywords: list[KeywordIn] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        seen: dict[str, int] = {}
+        for k_index, keyword in enumerate(self.keywords):
+            for phrase in keyword.phrases:
+                key = phrase.lower()
+                if key in seen:
+                    raise ValueError(
+                        f"keywords[{k_index}]: duplicate phrase {phrase!r} "
+                        f"(already in keywords[{seen[key]}]); phrases are unique per NPC"
+                    )
+                seen[key] = k_index
+        responses: set[str] = set()
+        for k_index, keyword in enumerate(self.keywords):
+            if keyword.response.lower() in responses:
+                raise ValueError(f"keywords[{k_index}].response: duplicate response")
+            responses.add(keyword.response.lower())
+        if self.modules.shop_enabled and self.modules.shop_mode == "talk_mode":
+            reserved = {"buy", "sell", "offer", "trade", "hi", "hello", "bye"}
+            for k_index, keyword in enumerate(self.keywords):
+                for phrase in keyword.phrases:
+                    if phrase.lower() in reserved:
+                        raise ValueError(
+                            f"keywords[{k_index}]: phrase {phrase!r} is reserved in talk_mode shops"
+                        )
+        return self
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc or '(top level)'}: {message}")
+    return "; ".join(lines)
+
+
+def parse_npc(data: Any) -> NpcIn:
+    try:
+        return NpcIn.model_validate(data)
+    except ValidationError as exc:
+        raise ImportError_("invalid NPC: " + _describe(exc)) from None
+
+
+def read_npc_file(path: Path) -> NpcIn:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ImportError_(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportError_(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    return parse_npc(data)
+
+
+async def insert_npc(conn: asyncpg.Connection, npc: NpcIn) -> uuid.UUID:
+    """Insert the NPC with its shop items and keywords, all or nothing. Returns the new id."""
+    owner = npc.owner_id or LOCAL_OWNER_ID
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO profiles (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            owner,
+            "npcforge" if owner == LOCAL_OWNER_ID else f"user_{str(owner)[:8]}",
+        )
+        look, stats, msgs, mods = npc.look, npc.stats, npc.messages, npc.modules
+        npc_id: uuid.UUID = await conn.fetchval(
+            """
+            INSERT INTO npcs (owner_id, name, walk_interval, floor_change, health_now, health_max,
+              look_type, look_type_id, look_item_id, look_head, look_body, look_legs, look_feet,
+              look_addons, look_mount, greet_message, farewell_message, decline_message,
+              no_shop_message, on_close_shop_message, focus_enabled, travel_enabled,
+              voice_enabled, shop_enabled, shop_mode, keywords_enabled)
+            VALUES ($1, $2, $3, $4, $5, $6, $7::npc_look_type, $8, $9, $10, $11, $12, $13, $14,
+              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25::npc_shop_mode, $26)
+            RETURNING id
+            """,
+            owner, npc.name, stats.walk_interval, stats.floor_change, stats.health_now,
+            stats.health_max, look.type, look.type_id, look.item_id, look.head, look.body,
+            look.legs, look.feet, look.addons, look.mount, msgs.greet, msgs.farewell,
+            msgs.decline, msgs.no_shop, msgs.on_close_shop, mods.focus_enabled,
+            mods.travel_enabled, mods.voice_enabled, mods.shop_enabled, mods.shop_mode,
+            mods.keywords_enabled,
+        )  # fmt: skip
+        if npc.shop_items:
+            await conn.executemany(
+                """
+                INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price, subtype,
+                  charges, real_name, container_item_id, created_at)
+                VALUES ($1, $2::npc_shop_item_list_type, $3, $4, $5, $6, $7, $8, $9,
+                  clock_timestamp())
+                """,
+                [
+                    (npc_id, i.list_type, i.name, i.item_id, i.price, i.subtype, i.charges,
+                     i.real_name, i.container_item_id)
+                    for i in npc.shop_items
+                ],
+            )  # fmt: skip
+        for index, keyword in enumerate(npc.keywords):
+            keyword_id = await conn.fetchval(
+                "INSERT INTO npc_keywords (npc_id, response, sort_index) VALUES ($1, $2, $3) "
+                "RETURNING id",
+                npc_id,
+                keyword.response,
+                index,
+            )
+            await conn.executemany(
+                "INSERT INTO npc_keyword_phrases (keyword_id, npc_id, phrase, created_at) "
+                "VALUES ($1, $2, $3, clock_timestamp())",
+                [(keyword_id, npc_id, phrase) for phrase in keyword.phrases],
+            )
+    return npc_id
