@@ -25,20 +25,11 @@ from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import MigrationError, migrate
 from npcforge.db.queries import q
+from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from npcforge.importer import ImportError_, insert_npc, parse_npc, read_npc_file
 from npcforge.logs import configure_logging
 
 log = logging.getLogger("npcforge")
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad arguments or input: exit 2 with the message."""
-
-
-class CommandFailed(Exception):
-    """The command ran but did not succeed: exit 1 with the message."""
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -93,7 +84,9 @@ def install_signal_handlers(on_first: Callable[[], None]) -> None:
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     async def body(conn: Any) -> int:
         applied = await migrate(conn)
-        print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+        print(
+            f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "")
+        )
         return EXIT_OK
 
     return await _with_conn(settings, body)

@@ -54,4 +54,10 @@ def build_worker(settings: Settings, dsn: str, storage: Storage | None = None) -
     )
 
 
-__all__ = ["ConfigError", "build_provider", "build_worker", "check_worker_config", "offline_fallback"]
+__all__ = [
+    "ConfigError",
+    "build_provider",
+    "build_worker",
+    "check_worker_config",
+    "offline_fallback",
+]

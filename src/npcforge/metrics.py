@@ -12,7 +12,9 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.claimed = Counter("npcforge_jobs_claimed", "Jobs claimed.", registry=r)
-        self.succeeded = Counter("npcforge_jobs_succeeded", "Jobs that ended succeeded.", registry=r)
+        self.succeeded = Counter(
+            "npcforge_jobs_succeeded", "Jobs that ended succeeded.", registry=r
+        )
         self.failed = Counter(
             "npcforge_jobs_failed", "Jobs that ended failed, by error code.", ["code"], registry=r
         )
@@ -30,7 +32,9 @@ class WorkerMetrics:
             "npcforge_results_discarded", "Results not published because the job was fenced off.",
             registry=r,
         )  # fmt: skip
-        self.in_flight = Gauge("npcforge_jobs_in_flight", "Jobs running in this worker.", registry=r)
+        self.in_flight = Gauge(
+            "npcforge_jobs_in_flight", "Jobs running in this worker.", registry=r
+        )
         self.queue_depth = Gauge("npcforge_queue_depth", "Queued jobs (all workers).", registry=r)
         self.oldest_age = Gauge(
             "npcforge_queue_oldest_age_seconds", "Age of the oldest queued job.", registry=r

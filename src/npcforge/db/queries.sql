@@ -155,8 +155,11 @@ SELECT min(generation_job_run_after) - now() AS wait
  WHERE generation_job_status = 'queued';
 
 -- name: queue_stats
+-- Depth counts every queued job; the age only counts jobs already due (a job in a long backoff
+-- is not "stuck").
 SELECT count(*) AS depth,
-       coalesce(extract(epoch FROM now() - min(generation_job_queued_at)), 0)::float8 AS oldest_age
+       coalesce(extract(epoch FROM now() - min(generation_job_run_after)
+                FILTER (WHERE generation_job_run_after <= now())), 0)::float8 AS oldest_age
   FROM npcs
  WHERE generation_job_status = 'queued';
 
@@ -202,3 +205,40 @@ SELECT (SELECT count(*) FROM target) AS found,
        s.generation_job_id AS job_id, s.generation_job_started_at AS submitted_at
   FROM (SELECT 1) AS one
   LEFT JOIN started s ON true;
+
+-- name: jobs_list
+SELECT n.id AS npc_id, n.name, n.generation_job_id AS job_id,
+       n.generation_job_status::text AS status, n.generation_job_attempts AS attempts,
+       n.generation_job_error ->> 'code' AS error_code, n.generation_job_started_at AS started_at,
+       n.generation_job_updated_at AS updated_at, n.generation_job_lease_owner AS worker
+  FROM npcs n
+ WHERE n.generation_job_status IS NOT NULL
+   AND ($1::generation_job_status IS NULL OR n.generation_job_status = $1::generation_job_status)
+ ORDER BY n.generation_job_updated_at DESC NULLS LAST, n.id
+ LIMIT $2;
+
+-- name: jobs_retry_one
+-- A failed job is queued again (the trigger gives it a new id).
+UPDATE npcs SET generation_job_status = 'queued'
+ WHERE id = $1 AND deleted_at IS NULL AND generation_job_status = 'failed'
+RETURNING id AS npc_id, generation_job_id AS job_id;
+
+-- name: jobs_retry_failed
+UPDATE npcs SET generation_job_status = 'queued'
+ WHERE deleted_at IS NULL AND generation_job_status = 'failed'
+   AND ($1::text IS NULL OR generation_job_error ->> 'code' = $1)
+RETURNING id AS npc_id, generation_job_id AS job_id;
+
+-- name: jobs_cancel
+-- Ends a queued or running job as failed/CANCELLED; a running worker sees its lease vanish at
+-- its next renewal and stops.
+UPDATE npcs
+   SET generation_job_status = 'failed',
+       generation_job_error = jsonb_build_object('code', 'CANCELLED',
+         'message', 'the job was cancelled by an operator'),
+       generation_job_finished_at = now(),
+       generation_job_lease_owner = NULL,
+       generation_job_lease_token = NULL,
+       generation_job_lease_expires_at = NULL
+ WHERE id = $1 AND generation_job_status IN ('queued', 'processing')
+RETURNING id AS npc_id, generation_job_id AS job_id;

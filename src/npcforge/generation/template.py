@@ -16,7 +16,8 @@ class TemplateProvider:
         started = time.monotonic()
         xml = render_npc_xml(npc)
         return Generated(
-            xml=xml, stats=CallStats(model="template", upstream_ms=(time.monotonic() - started) * 1e3)
+            xml=xml,
+            stats=CallStats(model="template", upstream_ms=(time.monotonic() - started) * 1e3),
         )
 
     async def close(self) -> None:

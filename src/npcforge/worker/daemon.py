@@ -157,7 +157,10 @@ class Worker:
         while True:
             try:
                 return await create_pool(
-                    self.dsn, min_size=1, max_size=self.pool_size, application_name="npcforge-worker"
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    application_name="npcforge-worker",
                 )
             except DB_UNAVAILABLE as exc:
                 failures += 1
@@ -189,9 +192,13 @@ class Worker:
                 released = await conn.fetch(q("release_jobs"), self.worker_id, tokens)
                 for claim, _ in leftover:
                     await self.runner._insert_attempt(conn, claim, Outcome("released"))
-            log.info("handed unfinished jobs back", extra={"action": "release", "count": len(released)})
+            log.info(
+                "handed unfinished jobs back", extra={"action": "release", "count": len(released)}
+            )
         except DB_UNAVAILABLE:
-            log.warning("could not hand jobs back; their leases will expire", extra={"count": len(tokens)})
+            log.warning(
+                "could not hand jobs back; their leases will expire", extra={"count": len(tokens)}
+            )
 
     async def _close(self) -> None:
         if self.pool is not None:
@@ -236,7 +243,9 @@ class Worker:
                 from_notify = self._notified
                 self._notified = False
                 self._wake.clear()
-                rows = await self.pool.fetch(q("claim_jobs"), free, self.worker_id, self.lease_seconds)
+                rows = await self.pool.fetch(
+                    q("claim_jobs"), free, self.worker_id, self.lease_seconds
+                )
                 claimed = len(rows)
                 self._maybe_more = claimed == free
                 for row in rows:
@@ -308,7 +317,11 @@ class Worker:
                 delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
                 log.warning(
                     "database unavailable during job; will retry",
-                    extra={**log_ids(claim), "error": type(exc).__name__, "retry_in_s": round(delay, 2)},
+                    extra={
+                        **log_ids(claim),
+                        "error": type(exc).__name__,
+                        "retry_in_s": round(delay, 2),
+                    },
                 )
                 await asyncio.sleep(delay)
 
@@ -373,7 +386,10 @@ class Worker:
                 for row in rows:
                     if row["status"] == "failed":
                         self.metrics.failed.labels(code="WORKER_LOST").inc()
-                log.warning("took back jobs with expired leases", extra={"action": "reap", "count": len(rows)})
+                log.warning(
+                    "took back jobs with expired leases",
+                    extra={"action": "reap", "count": len(rows)},
+                )
             stats = await self.pool.fetchrow(q("queue_stats"))
             if stats is not None:
                 self.metrics.queue_depth.set(stats["depth"])

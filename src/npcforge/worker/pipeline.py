@@ -103,7 +103,9 @@ class JobRunner:
                     "output failed validation; asking for a repair",
                     extra={"action": "repair", "findings": len(findings)},
                 )
-                second = await self.provider.generate(npc, RepairRequest(first.xml, tuple(findings)))
+                second = await self.provider.generate(
+                    npc, RepairRequest(first.xml, tuple(findings))
+                )
                 _merge_stats(stats, second)
                 findings = validate_npc_xml(second.xml, npc)
                 if not findings:
@@ -149,7 +151,14 @@ class JobRunner:
         except asyncpg.PostgresError as exc:
             log.exception("database error in job", extra=_ids(claim))
             return InternalError(f"database error ({type(exc).__name__})", retryable=True)
-        except (AssertionError, ValueError, KeyError, TypeError, AttributeError, LookupError) as exc:
+        except (
+            AssertionError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            LookupError,
+        ) as exc:
             log.exception("unexpected error in job", extra=_ids(claim))
             return InternalError(f"internal error ({type(exc).__name__})")
 
@@ -177,8 +186,10 @@ class JobRunner:
         outcome = Outcome("retry" if retry else "failed", error=error, stats=stats)
         async with self.pool.acquire() as conn, conn.transaction():
             if retry:
-                delay = error.retry_after if error.retry_after is not None else backoff_seconds(
-                    claim.attempt
+                delay = (
+                    error.retry_after
+                    if error.retry_after is not None
+                    else backoff_seconds(claim.attempt)
                 )
                 outcome.retry_in = delay
                 status = await conn.execute(

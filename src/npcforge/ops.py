@@ -1,0 +1,189 @@
+"""Operator commands: `npcforge jobs list/retry/cancel` and `npcforge doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from npcforge.config import ConfigError, Settings
+from npcforge.db.connect import connect
+from npcforge.db.migrate import MigrationError, check_current
+from npcforge.db.queries import q
+from npcforge.errors import StorageError
+from npcforge.exits import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
+
+
+def _emit(rows: list[dict[str, Any]], as_json: bool, empty: str) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print(empty)
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
+
+
+async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
+    command = args.jobs_command
+    if command == "list":
+        if not 1 <= args.limit <= 10_000:
+            raise UsageError("--limit must be between 1 and 10000")
+        rows = await conn.fetch(q("jobs_list"), args.status, args.limit)
+        _emit([dict(r) for r in rows], args.json, "no jobs")
+        return EXIT_OK
+    if command == "retry":
+        if args.npc_id is not None:
+            if args.code:
+                raise UsageError("--code goes with --all-failed")
+            rows = await conn.fetch(q("jobs_retry_one"), args.npc_id)
+            if not rows:
+                raise CommandFailed(f"NPC {args.npc_id} has no failed job to retry")
+        else:
+            rows = await conn.fetch(q("jobs_retry_failed"), args.code)
+        _emit([dict(r) for r in rows], args.json, "nothing to retry")
+        return EXIT_OK
+    if command == "cancel":
+        rows = await conn.fetch(q("jobs_cancel"), args.npc_id)
+        if not rows:
+            raise CommandFailed(f"NPC {args.npc_id} has no queued or running job")
+        _emit([dict(r) for r in rows], args.json, "")
+        return EXIT_OK
+    raise AssertionError(command)
+
+
+# --- doctor ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+async def _check_database(settings: Settings) -> tuple[Check, Any]:
+    try:
+        dsn = settings.require_database_url()
+    except ConfigError as exc:
+        return Check("database", False, str(exc), "set DATABASE_URL"), None
+    try:
+        conn = await connect(dsn, application_name="npcforge-doctor", timeout=5)
+    except Exception as exc:
+        return (
+            Check("database", False, f"cannot connect ({type(exc).__name__})",
+                  "check DATABASE_URL, network access and credentials"),
+            None,
+        )  # fmt: skip
+    version = await conn.fetchval("SHOW server_version")
+    return Check("database", True, f"connected, PostgreSQL {version}"), conn
+
+
+async def _check_migrations(conn: Any) -> Check:
+    try:
+        missing = await check_current(conn)
+    except MigrationError as exc:
+        return Check("migrations", False, str(exc), "restore the migration files of this release")
+    if missing:
+        return Check(
+            "migrations", False, "not applied: " + ", ".join(missing), "run `npcforge migrate`"
+        )
+    return Check("migrations", True, "all applied")
+
+
+async def _check_listen(conn: Any) -> Check:
+    channel = f"npcforge_doctor_{uuid.uuid4().hex[:12]}"
+    got = asyncio.Event()
+    await conn.add_listener(channel, lambda *_: got.set())
+    try:
+        await conn.execute(f"NOTIFY {channel}")
+        await asyncio.wait_for(got.wait(), timeout=5)
+    except TimeoutError:
+        return Check(
+            "listen/notify", False, "no notification came back within 5 s",
+            "use a direct or session-mode connection (port 5432), never the transaction pooler",
+        )  # fmt: skip
+    finally:
+        await conn.remove_listener(channel, lambda *_: None)
+    return Check("listen/notify", True, "round trip ok")
+
+
+async def _check_storage(settings: Settings) -> Check:
+    from npcforge.storage.factory import build_storage
+
+    try:
+        storage = build_storage(settings)
+    except ConfigError as exc:
+        return Check("storage", False, str(exc), "set the storage variables")
+    try:
+        await storage.check()
+    except StorageError as exc:
+        code = (exc.details or {}).get("storageCode", "")
+        fix = (
+            "run `npcforge storage ensure-bucket`"
+            if code == "NoSuchBucket"
+            else ("check SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY or NPCFORGE_STORAGE_DIR")
+        )
+        return Check("storage", False, f"{exc.message} {code}".strip(), fix)
+    finally:
+        await storage.close()
+    return Check("storage", True, f"{storage.name} bucket {settings.bucket!r} present")
+
+
+async def _check_provider(settings: Settings) -> Check:
+    if settings.provider == "template":
+        return Check("provider", True, "template provider (offline) needs no key")
+    try:
+        key = settings.require_openrouter_key()
+    except ConfigError as exc:
+        return Check("provider", False, str(exc), "set OPENROUTER_API_KEY")
+    base = settings.openrouter_base_url.rstrip("/")
+    timeout = aiohttp.ClientTimeout(total=10)
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for path in ("/key", "/models"):
+                async with session.get(base + path, headers=headers) as response:
+                    if response.status in (401, 403):
+                        return Check("provider", False, f"key refused (HTTP {response.status})",
+                                     "check OPENROUTER_API_KEY")  # fmt: skip
+                    if response.status == 200:
+                        return Check("provider", True, f"key accepted by {base}{path}")
+            return Check("provider", False, f"unexpected HTTP {response.status} from {base}",
+                         "check OPENROUTER_BASE_URL")  # fmt: skip
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Check("provider", False, f"cannot reach {base} ({type(exc).__name__})",
+                     "check OPENROUTER_BASE_URL and outbound network")  # fmt: skip
+
+
+async def run_doctor(settings: Settings, *, json_output: bool = False) -> int:
+    checks: list[Check] = []
+    db_check, conn = await _check_database(settings)
+    checks.append(db_check)
+    later: list[Callable[[], Awaitable[Check]]] = []
+    if conn is not None:
+        later += [lambda: _check_migrations(conn), lambda: _check_listen(conn)]
+    later += [lambda: _check_storage(settings), lambda: _check_provider(settings)]
+    try:
+        for step in later:
+            checks.append(await step())
+    finally:
+        if conn is not None:
+            await conn.close()
+    if json_output:
+        print(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix or None}
+                          for c in checks], indent=2))  # fmt: skip
+    else:
+        for c in checks:
+            line = f"{'OK  ' if c.ok else 'FAIL'} {c.name}: {c.detail}"
+            if not c.ok and c.fix:
+                line += f" -- fix: {c.fix}"
+            print(line)
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILURE

