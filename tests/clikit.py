@@ -1,0 +1,44 @@
+"""Running the real `npcforge` command line in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NPCFORGE_", "OPENROUTER_", "SUPABASE_"))
+    }
+    env.pop("DATABASE_URL", None)
+    env["NPCFORGE_LOG_FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Any = None, timeout: float = 60
+) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "npcforge", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or cli_env(), cwd=cwd,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())

@@ -1,0 +1,163 @@
+"""The command line against a real database, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from clikit import cli_env, run_cli
+from conftest import make_npc, sample_data
+
+from npcforge.db.migrate import load_migrations
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "npc.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+async def _counts(conn) -> tuple[int, int, int, int]:
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM npcs) a, (SELECT count(*) FROM npc_shop_items) b, "
+        "(SELECT count(*) FROM npc_keywords) c, (SELECT count(*) FROM npc_keyword_phrases) d"
+    )
+    return tuple(row)
+
+
+async def test_import_creates_npc_with_items_and_keywords(conn, db_dsn, tmp_path):
+    data = sample_data()
+    result = await run_cli(
+        "npc", "import", _write(tmp_path, data), env=cli_env(DATABASE_URL=db_dsn)
+    )
+    assert result.code == 0, result.err
+    npc_id = uuid.UUID(result.out.strip())
+    assert await conn.fetchval("SELECT name FROM npcs WHERE id = $1", npc_id) == data["name"]
+    assert await conn.fetchval("SELECT count(*) FROM npc_shop_items WHERE npc_id = $1", npc_id) == 5
+    phrases = await conn.fetch(
+        "SELECT p.phrase FROM npc_keyword_phrases p JOIN npc_keywords k ON k.id = p.keyword_id "
+        "WHERE p.npc_id = $1 ORDER BY k.sort_index, p.created_at",
+        npc_id,
+    )
+    assert [p["phrase"] for p in phrases] == [
+        "job", "occupation", "rumours", "gossip", "news", "potions",
+    ]  # fmt: skip
+
+
+def _bad_inputs() -> list[tuple[str, dict, str]]:
+    many = [
+        {"listType": "buy", "name": f"item {i}", "itemId": 100 + i, "price": 1} for i in range(256)
+    ]
+    return [
+        ("unknown field", sample_data(colour="red"), "colour"),
+        ("health out of range", sample_data(stats={"healthNow": 70000, "healthMax": 70000}), "stats.healthNow"),
+        ("semicolon in item name", sample_data(shopItems=[{"listType": "buy", "name": "a;b", "itemId": 1, "price": 1}]), "shopItems[0].name"),
+        ("comma in phrase", sample_data(keywords=[{"response": "r", "phrases": ["x,y"]}]), "keywords[0].phrases"),
+        ("duplicate phrase", sample_data(keywords=[{"response": "r1", "phrases": ["job"]}, {"response": "r2", "phrases": ["JOB"]}]), "duplicate phrase"),
+        ("too many items", sample_data(shopItems=many), "shopItems"),
+        ("item look without itemId", sample_data(look={"type": "item"}), "itemId"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "names"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()]
+)
+async def test_bad_import_exits_2_names_the_field_and_inserts_nothing(
+    conn, db_dsn, tmp_path, case, data, names
+):
+    before = await _counts(conn)
+    result = await run_cli(
+        "npc", "import", _write(tmp_path, data), env=cli_env(DATABASE_URL=db_dsn)
+    )
+    assert result.code == 2, (case, result.out, result.err)
+    assert names in result.err
+    assert result.out == ""
+    assert await _counts(conn) == before
+
+
+async def test_import_of_missing_or_broken_file_exits_2(db_dsn, tmp_path):
+    missing = await run_cli(
+        "npc", "import", str(tmp_path / "nope.json"), env=cli_env(DATABASE_URL=db_dsn)
+    )
+    assert missing.code == 2 and "cannot read" in missing.err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = await run_cli("npc", "import", str(broken), env=cli_env(DATABASE_URL=db_dsn))
+    assert result.code == 2 and "not valid JSON" in result.err
+
+
+async def test_missing_database_url_exits_2_naming_it():
+    result = await run_cli("migrate")
+    assert result.code == 2
+    assert "DATABASE_URL" in result.err
+
+
+async def test_bad_setting_exits_2_naming_it(db_dsn):
+    result = await run_cli("migrate", env=cli_env(DATABASE_URL=db_dsn, NPCFORGE_CONCURRENCY="lots"))
+    assert result.code == 2
+    assert "NPCFORGE_CONCURRENCY" in result.err
+
+
+async def test_worker_without_key_refuses_to_start(db_dsn):
+    result = await run_cli(
+        "worker", env=cli_env(DATABASE_URL=db_dsn, NPCFORGE_STORAGE="filesystem")
+    )
+    assert result.code == 2
+    assert "OPENROUTER_API_KEY" in result.err
+
+
+async def test_enqueue_and_status(conn, db_dsn):
+    npc_id = await make_npc(conn)
+    env = cli_env(DATABASE_URL=db_dsn)
+    first = await run_cli("enqueue", str(npc_id), env=env)
+    assert first.code == 0, first.err
+    job_id = uuid.UUID(first.out.strip())
+    conflict = await run_cli("enqueue", str(npc_id), env=env)
+    assert conflict.code == 1 and "already queued" in conflict.err
+    forced = await run_cli("enqueue", str(npc_id), "--force", env=env)
+    assert forced.code == 0 and uuid.UUID(forced.out.strip()) != job_id
+    status = await run_cli("status", str(npc_id), "--json", env=env)
+    doc = json.loads(status.out)
+    assert doc["jobId"] == forced.out.strip() and doc["status"] == "queued"
+    unknown = await run_cli("status", str(uuid.uuid4()), env=env)
+    assert unknown.code == 1
+    usage = await run_cli("enqueue", "not-a-uuid", env=env)
+    assert usage.code == 2
+
+
+async def test_migrate_is_idempotent_and_concurrent_runs_are_safe(pg_cluster):
+    admin_name = f"mig_{uuid.uuid4().hex[:8]}"
+    import asyncpg
+
+    admin = await asyncpg.connect(pg_cluster.dsn)
+    await admin.execute(f"CREATE DATABASE {admin_name}")
+    await admin.close()
+    dsn = pg_cluster.dsn_for(admin_name)
+    env = cli_env(DATABASE_URL=dsn)
+    results = await asyncio.gather(*(run_cli("migrate", env=env) for _ in range(3)))
+    assert all(r.code == 0 for r in results), [r.err for r in results]
+    applied = sum(int(r.out.split()[1]) for r in results)
+    assert applied == len(load_migrations())
+    again = await run_cli("migrate", env=env)
+    assert again.code == 0 and again.out.startswith("applied 0 migration")
+
+
+async def test_migrate_refuses_changed_file(conn, db_dsn):
+    await conn.execute(
+        "UPDATE npcforge_schema_migrations SET checksum = 'abc' WHERE version = '0001'"
+    )
+    result = await run_cli("migrate", env=cli_env(DATABASE_URL=db_dsn))
+    assert result.code == 2
+    assert "0001_schema.sql was changed after it was applied" in result.err
+
+
+async def test_demo_prints_valid_xml_and_exits_0(tmp_path):
+    result = await run_cli("demo", cwd=tmp_path, timeout=90)
+    assert result.code == 0, result.err
+    assert result.out.startswith(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<npc name="Mirela the Herbalist"'
+    )
+    assert "template" in result.err  # says loudly that it runs offline
+    assert not (tmp_path / ".npcforge").exists()
