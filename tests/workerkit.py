@@ -12,6 +12,7 @@ from npcforge.errors import JobError
 from npcforge.generation.base import Generated, Provider, RepairRequest
 from npcforge.generation.template import TemplateProvider
 from npcforge.npc import NpcRecord
+from npcforge.storage.base import Storage
 from npcforge.storage.filesystem import FilesystemStorage
 from npcforge.worker.daemon import Worker
 
@@ -52,14 +53,19 @@ class ScriptedProvider:
 @contextlib.asynccontextmanager
 async def running_worker(
     dsn: str,
-    storage_dir: Path,
+    storage_dir: Path | None = None,
     *,
     provider: Provider | None = None,
     bucket: str = "npc-xml-files",
+    storage: Storage | None = None,
     **options: Any,
 ) -> AsyncIterator[Worker]:
-    storage = FilesystemStorage(storage_dir, bucket)
-    await storage.ensure_bucket()
+    """A Worker on `storage` (used as given; the caller closes it), or else on a
+    FilesystemStorage under `storage_dir` with its bucket created."""
+    if storage is None:
+        assert storage_dir is not None, "running_worker needs storage_dir or storage"
+        storage = FilesystemStorage(storage_dir, bucket)
+        await storage.ensure_bucket()
     options.setdefault("poll_seconds", 0.5)
     worker = Worker(dsn=dsn, provider=provider or TemplateProvider(), storage=storage, **options)
     task = asyncio.create_task(worker.run())

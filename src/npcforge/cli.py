@@ -94,10 +94,36 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.compose import build_worker, check_worker_config
+    from npcforge.errors import StorageError
+    from npcforge.storage.factory import build_storage
     from npcforge.worker.metrics_server import serve_metrics
 
     check_worker_config(settings)
-    worker = build_worker(settings, settings.require_database_url())
+    storage = build_storage(settings)
+    try:
+        await storage.check()
+    except StorageError as exc:
+        code = (exc.details or {}).get("storageCode")
+        if not exc.retryable:
+            await storage.close()
+            if code == "NoSuchBucket":
+                raise ConfigError(
+                    f"storage bucket {storage.bucket!r} does not exist ({storage!r}); create it "
+                    "with `npcforge storage ensure-bucket`, or set NPCFORGE_BUCKET to your bucket"
+                ) from None
+            if storage.name == "filesystem":
+                fix = "make NPCFORGE_STORAGE_DIR writable for this user"
+            elif code == "AccessDenied":
+                fix = "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key (not anon)"
+            else:
+                fix = "check SUPABASE_URL (https://PROJECT_REF.supabase.co) and SUPABASE_SERVICE_ROLE_KEY"
+            raise ConfigError(f"{exc.message}; {fix}") from None
+        # A storage blip must not keep the daemon down; uploads retry with backoff.
+        log.warning(
+            "storage unreachable at start; starting anyway",
+            extra={"storage": storage.name, "storage_code": code, "error": exc.message},
+        )
+    worker = build_worker(settings, settings.require_database_url(), storage=storage)
     install_signal_handlers(worker.stop)
     metrics_server = None
     if settings.metrics_port is not None:
@@ -186,14 +212,28 @@ async def cmd_npc_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_storage_ensure_bucket(settings: Settings, args: argparse.Namespace) -> int:
+    from npcforge.errors import StorageError
     from npcforge.storage.factory import build_storage
 
     storage = build_storage(settings)
     try:
         created = await storage.ensure_bucket()
+    except StorageError as exc:
+        if exc.retryable:
+            raise CommandFailed(f"{exc.message}; storage is unreachable, try again") from None
+        if (exc.details or {}).get("storageCode") == "AccessDenied" and storage.name == "supabase":
+            raise ConfigError(
+                f"{exc.message}; set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key "
+                "(the anon key cannot create buckets)"
+            ) from None
+        raise CommandFailed(exc.message) from None
     finally:
         await storage.close()
-    print(f"bucket {settings.bucket!r} " + ("created (private)" if created else "already exists"))
+    where = f"{storage.name} storage"
+    if created:
+        print(f"bucket {storage.bucket!r} created (private) in {where}")
+    else:
+        print(f"bucket {storage.bucket!r} already exists in {where}; left unchanged")
     return EXIT_OK
 
 

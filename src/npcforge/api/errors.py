@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-NO_STORE = {"Cache-Control": "no-store"}
+# Sent on every API response: job state changes, so nothing may be cached along the way.
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 class ApiError(Exception):
@@ -27,11 +29,21 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(error: ApiError) -> JSONResponse:
+def error_body(error: ApiError) -> dict[str, Any]:
     body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.details is not None:
         body["details"] = error.details
-    return JSONResponse({"error": body}, status_code=error.status, headers={**NO_STORE, **error.headers})
+    return {"error": body}
+
+
+def error_response(error: ApiError) -> Response:
+    content = json.dumps(error_body(error), ensure_ascii=False, separators=(",", ":"))
+    return Response(
+        content.encode("utf-8"),
+        status_code=error.status,
+        media_type="application/json",
+        headers={**NO_STORE, **error.headers},
+    )
 
 
 def npc_not_found() -> ApiError:
