@@ -241,33 +241,22 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION enforce_npc_shop_item_limit() RETURNS trigger
+-- Shop items and keywords share one rule: no rows under a deleted NPC, at most 255 active ones.
+-- TG_ARGV[0] names the thing in the error message.
+CREATE OR REPLACE FUNCTION enforce_npc_child_limit() RETURNS trigger
 LANGUAGE plpgsql SET search_path = public
 AS $$
+DECLARE
+  active integer;
 BEGIN
   IF NEW.deleted_at IS NULL THEN
     IF EXISTS (SELECT 1 FROM npcs WHERE id = NEW.npc_id AND deleted_at IS NOT NULL) THEN
       RAISE EXCEPTION 'npc % is deleted', NEW.npc_id USING ERRCODE = 'P0002';
     END IF;
-    IF (SELECT count(*) FROM npc_shop_items WHERE npc_id = NEW.npc_id AND deleted_at IS NULL) >= 255 THEN
-      RAISE EXCEPTION 'npc % exceeds maximum active shop item limit (255)', NEW.npc_id
-        USING ERRCODE = 'P0001';
-    END IF;
-  END IF;
-  RETURN NEW;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION enforce_npc_keyword_limit() RETURNS trigger
-LANGUAGE plpgsql SET search_path = public
-AS $$
-BEGIN
-  IF NEW.deleted_at IS NULL THEN
-    IF EXISTS (SELECT 1 FROM npcs WHERE id = NEW.npc_id AND deleted_at IS NOT NULL) THEN
-      RAISE EXCEPTION 'npc % is deleted', NEW.npc_id USING ERRCODE = 'P0002';
-    END IF;
-    IF (SELECT count(*) FROM npc_keywords WHERE npc_id = NEW.npc_id AND deleted_at IS NULL) >= 255 THEN
-      RAISE EXCEPTION 'npc % exceeds maximum active keyword limit (255)', NEW.npc_id
+    EXECUTE format('SELECT count(*) FROM %I WHERE npc_id = $1 AND deleted_at IS NULL', TG_TABLE_NAME)
+      INTO active USING NEW.npc_id;
+    IF active >= 255 THEN
+      RAISE EXCEPTION 'npc % exceeds maximum active % limit (255)', NEW.npc_id, TG_ARGV[0]
         USING ERRCODE = 'P0001';
     END IF;
   END IF;
@@ -425,13 +414,13 @@ CREATE TRIGGER trg_npc_shop_items_set_updated_at BEFORE UPDATE ON npc_shop_items
   FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 DROP TRIGGER IF EXISTS trg_npc_shop_items_limit ON npc_shop_items;
 CREATE TRIGGER trg_npc_shop_items_limit BEFORE INSERT ON npc_shop_items
-  FOR EACH ROW EXECUTE FUNCTION enforce_npc_shop_item_limit();
+  FOR EACH ROW EXECUTE FUNCTION enforce_npc_child_limit('shop item');
 DROP TRIGGER IF EXISTS trg_npc_keywords_set_updated_at ON npc_keywords;
 CREATE TRIGGER trg_npc_keywords_set_updated_at BEFORE UPDATE ON npc_keywords
   FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 DROP TRIGGER IF EXISTS trg_npc_keywords_limit ON npc_keywords;
 CREATE TRIGGER trg_npc_keywords_limit BEFORE INSERT ON npc_keywords
-  FOR EACH ROW EXECUTE FUNCTION enforce_npc_keyword_limit();
+  FOR EACH ROW EXECUTE FUNCTION enforce_npc_child_limit('keyword');
 DROP TRIGGER IF EXISTS trg_npc_keyword_phrases_set_updated_at ON npc_keyword_phrases;
 CREATE TRIGGER trg_npc_keyword_phrases_set_updated_at BEFORE UPDATE ON npc_keyword_phrases
   FOR EACH ROW EXECUTE FUNCTION set_updated_at();

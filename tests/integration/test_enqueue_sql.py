@@ -161,3 +161,33 @@ async def test_list_separators_rejected_by_check(conn, table_sql, bad):
                 npc_id,
                 bad,
             )
+
+
+async def test_database_caps_active_shop_items_and_keywords_at_255(conn):
+    npc_id = await make_npc(conn)  # has 5 shop items and 3 keywords
+    await conn.execute(
+        "INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price) "
+        "SELECT $1, 'buy', 'item ' || g, 100 + g, 1 FROM generate_series(1, 250) g",
+        npc_id,
+    )
+    with pytest.raises(asyncpg.RaiseError, match=r"maximum active shop item limit \(255\)"):
+        await conn.execute(
+            "INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price) "
+            "VALUES ($1, 'sell', 'one too many', 1, 1)",
+            npc_id,
+        )
+    await conn.execute(
+        "INSERT INTO npc_keywords (npc_id, response, sort_index) "
+        "SELECT $1, 'reply ' || g, g FROM generate_series(1, 252) g",
+        npc_id,
+    )
+    with pytest.raises(asyncpg.RaiseError, match=r"maximum active keyword limit \(255\)"):
+        await conn.execute(
+            "INSERT INTO npc_keywords (npc_id, response) VALUES ($1, 'one too many')", npc_id
+        )
+    await conn.execute("UPDATE npc_shop_items SET deleted_at = now() WHERE npc_id = $1", npc_id)
+    await conn.execute(
+        "INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price) "
+        "VALUES ($1, 'sell', 'fits again', 1, 1)",
+        npc_id,
+    )
