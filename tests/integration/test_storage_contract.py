@@ -456,3 +456,10 @@ async def _run(storage: SupabaseStorage, operation: str) -> None:
         await storage.get(KEY)
     else:
         await storage.check()
+
+
+def test_gateway_rejection_of_the_key_reads_as_access_denied():
+    error = classify_storage_failure(StorageApiError("Invalid API key", "InternalError", 401))
+    assert error.details is not None
+    assert error.details["storageCode"] == "AccessDenied"
+    assert error.retryable is False

@@ -143,6 +143,9 @@ def _api_failure(exc: StorageApiError, operation: str, secrets: Iterable[str]) -
     semantic = _status_number(exc.status)
     if semantic is None and response is not None:
         semantic = response.status_code
+    if semantic in {401, 403} and code in {"", "InternalError"}:
+        # The hosted gateway rejects bad keys with a body storage3 cannot read.
+        code = "AccessDenied"
     retryable = code == "SlowDown" or semantic in {408, 429} or (semantic or 0) >= 500
     retry_after = parse_retry_after(response.headers.get("retry-after")) if response else None
     detail_text = _short(_redact(str(exc.message), secrets))
