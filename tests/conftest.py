@@ -62,7 +62,7 @@ async def create_database(pg: EmbeddedPostgres, template: str = TEMPLATE_DB) -> 
 
 
 async def drop_database(pg: EmbeddedPostgres, dsn: str) -> None:
-    name = dsn.split("?")[0].rsplit("/", 1)[1]
+    name = dsn.split("?", maxsplit=1)[0].rsplit("/", 1)[1]
     admin = await asyncpg.connect(pg.dsn)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -99,7 +99,9 @@ async def make_npc(conn: Any, **changes: Any) -> uuid.UUID:
 async def make_npcs(conn: Any, count: int, *, simple: bool = True) -> list[uuid.UUID]:
     """Many NPCs fast: one set-based INSERT of small NPCs (no shop, no keywords)."""
     owner = uuid.uuid4()
-    await conn.execute("INSERT INTO profiles (id, display_name) VALUES ($1, $2)", owner, f"bulk {owner}")
+    await conn.execute(
+        "INSERT INTO profiles (id, display_name) VALUES ($1, $2)", owner, f"bulk {owner}"
+    )
     rows = await conn.fetch(
         """
         INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type,

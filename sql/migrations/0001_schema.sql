@@ -341,6 +341,7 @@ BEGIN
     END IF;
     NEW.generation_job_started_at := clock_timestamp();
     NEW.generation_job_queued_at := NEW.generation_job_started_at;
+    NEW.generation_job_updated_at := NEW.generation_job_started_at;
     NEW.generation_job_error := NULL;
     NEW.generation_job_attempts := 0;
     NEW.generation_job_claimed_at := NULL;

@@ -25,9 +25,6 @@ CREATE UNLOGGED TABLE IF NOT EXISTS npcforge_rate_limits (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Only the service (the table's owner, or a role that bypasses RLS) touches it.
-ALTER TABLE npcforge_rate_limits ENABLE ROW LEVEL SECURITY;
-
 CREATE OR REPLACE FUNCTION npcforge_rate_lock(p_name text) RETURNS npcforge_rate_limits
 LANGUAGE plpgsql SET search_path = public
 AS $$
@@ -133,17 +130,25 @@ BEGIN
 END
 $$;
 
--- Supabase exposes public functions over its REST API; these are for the service only.
+-- Supabase exposes the public schema over its REST API; the limiter is for the service only
+-- (the owner, or service_role, which bypasses RLS). A bare server skips this.
 DO $$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon')
      AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+    ALTER TABLE npcforge_rate_limits ENABLE ROW LEVEL SECURITY;
     REVOKE ALL ON TABLE npcforge_rate_limits FROM anon, authenticated;
     REVOKE EXECUTE ON FUNCTION npcforge_rate_lock(text) FROM PUBLIC, anon, authenticated;
     REVOKE EXECUTE ON FUNCTION npcforge_rate_acquire(text, double precision, integer, double precision)
       FROM PUBLIC, anon, authenticated;
     REVOKE EXECUTE ON FUNCTION npcforge_rate_pause(text, double precision)
       FROM PUBLIC, anon, authenticated;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+      GRANT SELECT, INSERT, UPDATE ON TABLE npcforge_rate_limits TO service_role;
+      GRANT EXECUTE ON FUNCTION npcforge_rate_lock(text),
+        npcforge_rate_acquire(text, double precision, integer, double precision),
+        npcforge_rate_pause(text, double precision) TO service_role;
+    END IF;
   END IF;
 END
 $$;

@@ -114,7 +114,10 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             if storage.name == "filesystem":
                 fix = "make NPCFORGE_STORAGE_DIR writable for this user"
             elif code == "AccessDenied":
-                fix = "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key (not anon)"
+                fix = (
+                    "set SUPABASE_SERVICE_ROLE_KEY to the project's service_role key "
+                    "(not the anon key)"
+                )
             else:
                 fix = "check SUPABASE_URL (https://PROJECT_REF.supabase.co) and SUPABASE_SERVICE_ROLE_KEY"
             raise ConfigError(f"{exc.message}; {fix}") from None

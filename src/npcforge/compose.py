@@ -15,12 +15,31 @@ from npcforge.worker.sdnotify import SystemdNotifier
 log = logging.getLogger("npcforge")
 
 
-def build_provider(settings: Settings) -> Provider:
+def build_provider(settings: Settings, dsn: str | None = None) -> Provider:
+    """The configured provider. With a database (`dsn`, else DATABASE_URL) the openrouter
+    provider shares the fleet's rate gate there; `provider.close()` closes the gate too."""
     if settings.provider == "template":
         return TemplateProvider()
     from npcforge.generation.openrouter import OpenRouterProvider
 
-    return OpenRouterProvider(settings)
+    dsn = dsn or settings.database_url
+    if dsn is None:
+        if settings.openrouter_requests_per_minute is not None:
+            raise ConfigError(
+                "OPENROUTER_REQUESTS_PER_MINUTE is counted in PostgreSQL; set DATABASE_URL"
+            )
+        return OpenRouterProvider(settings)
+    from npcforge.generation.fleetgate import PostgresRateGate
+
+    gate = PostgresRateGate(
+        dsn,
+        per_minute=settings.openrouter_requests_per_minute,
+        # A pause longer than the client would sleep for a Retry-After sends the job back to
+        # the queue; a cap's queue is waited out for up to half the job's deadline.
+        max_pause_wait=settings.openrouter_max_retry_after_seconds,
+        max_slot_wait=settings.job_deadline_seconds / 2,
+    )
+    return OpenRouterProvider(settings, gate=gate)
 
 
 def check_worker_config(settings: Settings) -> None:
@@ -42,7 +61,7 @@ def offline_fallback(settings: Settings) -> Settings:
 def build_worker(settings: Settings, dsn: str, storage: Storage | None = None) -> Worker:
     return Worker(
         dsn=dsn,
-        provider=build_provider(settings),
+        provider=build_provider(settings, dsn),
         storage=storage or build_storage(settings),
         concurrency=settings.concurrency,
         lease_seconds=settings.lease_seconds,

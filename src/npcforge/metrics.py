@@ -24,6 +24,11 @@ class WorkerMetrics:
         self.rescued = Counter(
             "npcforge_jobs_rescued", "Jobs taken back from workers whose lease expired.", registry=r
         )
+        self.released = Counter(
+            "npcforge_jobs_released",
+            "Unfinished jobs handed back to the queue at shutdown (attempt not counted).",
+            registry=r,
+        )
         self.lease_lost = Counter(
             "npcforge_leases_lost", "Running jobs whose lease was lost (reaped, superseded).",
             registry=r,
@@ -52,7 +57,7 @@ class WorkerMetrics:
             registry=r,
         )  # fmt: skip
         self.end_to_end = Histogram(
-            "npcforge_job_duration_seconds", "Queued to finished, for finished jobs.",
+            "npcforge_job_duration_seconds", "Job start (queued) to its final status.",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.notifications = Counter(
@@ -71,6 +76,10 @@ class WorkerMetrics:
         self.listener_reconnects = Counter(
             "npcforge_listener_reconnects", "LISTEN connection re-establishments.", registry=r
         )
+        self.loop_crashes = Counter(
+            "npcforge_worker_loop_crashes", "Unexpected errors that restarted a worker loop.",
+            ["loop"], registry=r,
+        )  # fmt: skip
         self.db_errors = Counter(
             "npcforge_db_errors", "Database errors survived by the worker's loops.", ["loop"],
             registry=r,

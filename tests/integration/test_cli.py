@@ -7,9 +7,9 @@ import json
 import uuid
 
 import pytest
+
 from clikit import cli_env, run_cli
 from conftest import make_npc, sample_data
-
 from npcforge.db.migrate import load_migrations
 
 

@@ -7,14 +7,14 @@ import contextlib
 import uuid
 
 import httpx
-from conftest import make_npc
-from workerkit import running_worker
 
+from conftest import make_npc
 from npcforge.api.app import create_app
 from npcforge.api.auth import NoAuth
 from npcforge.config import Settings
 from npcforge.db.connect import create_pool
 from npcforge.storage.filesystem import FilesystemStorage
+from workerkit import running_worker
 
 
 @contextlib.asynccontextmanager

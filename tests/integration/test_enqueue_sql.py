@@ -7,8 +7,8 @@ import uuid
 
 import asyncpg
 import pytest
-from conftest import make_npc, make_npcs
 
+from conftest import make_npc, make_npcs
 from npcforge.db.connect import connect
 
 
@@ -44,7 +44,7 @@ async def test_new_request_after_failure_gets_new_id_and_clears_state(conn):
     first = await conn.fetchval("SELECT npcforge_enqueue($1)", npc_id)
     await conn.execute(
         "UPDATE npcs SET generation_job_status = 'failed', generation_job_attempts = 3, "
-        "generation_job_error = '{\"code\": \"AI_UPSTREAM\", \"message\": \"x\"}' WHERE id = $1",
+        'generation_job_error = \'{"code": "AI_UPSTREAM", "message": "x"}\' WHERE id = $1',
         npc_id,
     )
     row = await conn.fetchrow(

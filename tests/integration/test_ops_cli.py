@@ -9,6 +9,7 @@ import socket
 import uuid
 
 from aiohttp import web
+
 from clikit import cli_env, run_cli
 from conftest import make_npc
 from workerkit import ScriptedProvider, job_row, running_worker, wait_status

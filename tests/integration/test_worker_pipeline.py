@@ -6,11 +6,10 @@ import asyncio
 import time
 
 from conftest import make_npc, make_npcs
-from workerkit import ScriptedProvider, job_row, running_worker, wait_status
-
+from npcforge.db.npcs import load_npc
 from npcforge.errors import AiConfig, AiUpstream
 from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
-from npcforge.db.npcs import load_npc
+from workerkit import ScriptedProvider, job_row, running_worker, wait_status
 
 
 async def test_plain_sql_update_to_stored_xml(conn, db_dsn, storage_dir):
@@ -184,5 +183,7 @@ async def test_sigterm_style_stop_hands_running_jobs_back(conn, db_dsn, storage_
     assert row["status"] == "queued"
     assert row["job_id"] == job
     assert row["attempts"] == 0  # the interrupted attempt is not counted
-    outcome = await conn.fetchval("SELECT outcome FROM npc_generation_attempts WHERE job_id = $1", job)
+    outcome = await conn.fetchval(
+        "SELECT outcome FROM npc_generation_attempts WHERE job_id = $1", job
+    )
     assert outcome == "released"

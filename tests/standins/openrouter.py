@@ -333,10 +333,11 @@ class OpenRouterStandin:
             produced = self.responder(recorded)
             reply = await produced if inspect.isawaitable(produced) else produced
         else:
-            reply = self._default_reply(recorded)
+            reply = self.default_reply(recorded)
         return await self._send(request, reply)
 
-    def _default_reply(self, recorded: RecordedRequest) -> Reply:
+    def default_reply(self, recorded: RecordedRequest) -> Reply:
+        """The right answer: the record's XML, wrapped when `response_format` was asked for."""
         xml = self.xml if self.xml is not None else render_npc_xml(recorded.record())
         wrapped = "response_format" in recorded.json
         model = recorded.json.get("model") or DEFAULT_MODEL

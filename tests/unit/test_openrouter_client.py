@@ -99,6 +99,9 @@ class RecordingGate:
     async def on_success(self) -> None:
         self.events.append(("success", None))
 
+    async def close(self) -> None:
+        return None
+
 
 @asynccontextmanager
 async def client(

@@ -1,8 +1,9 @@
-"""The Starlette app: explicit routes, state built in the lifespan, one error envelope."""
+"""The Starlette app: routes from the endpoint table, state built in the lifespan, one envelope."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,23 +11,26 @@ from typing import Any
 import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from npcforge.api import routes
-from npcforge.api.auth import Authenticator, NoAuth, Principal
+from npcforge.api.auth import Authenticator, NoAuth
 from npcforge.api.errors import ApiError, error_response
+from npcforge.api.lookups import JobStatusLookups
+from npcforge.api.metrics import ApiMetrics, MetricsMiddleware
+from npcforge.api.openapi import Endpoint, build_openapi
+from npcforge.api.ratelimit import StartRateLimiter
+from npcforge.api.routes import ENDPOINTS
 from npcforge.config import Settings
 from npcforge.db.connect import create_pool
 from npcforge.storage.base import Storage
 
 log = logging.getLogger("npcforge.api")
 
-
-class NoRateLimit:
-    async def check(self, principal: Principal) -> None:
-        return None
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -36,23 +40,35 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-    error = ApiError(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+    # Starlette's own errors (no route, wrong method); keep their headers, e.g. `Allow`.
+    error = ApiError(
+        exc.status_code,
+        _HTTP_CODES.get(exc.status_code, "HTTP_ERROR"),
+        str(exc.detail),
+        headers=dict(exc.headers or {}),
+    )
     return error_response(error)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", extra={"path": request.url.path, "error": type(exc).__name__})
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"path": request.url.path, "error": type(exc).__name__},
+    )
     return error_response(ApiError(500, "INTERNAL_SERVER_ERROR", "An unexpected error occurred."))
 
 
-def build_routes() -> list[Route]:
-    return [
-        Route("/api/npcs/{npcId}/generate", routes.start_generation, methods=["POST"]),
-        Route("/api/npcs/{npcId}/generation-jobs/{jobId}", routes.job_status, methods=["GET"]),
-        Route("/healthz", routes.healthz, methods=["GET"]),
-        Route("/readyz", routes.readyz, methods=["GET"]),
-    ]
+async def create_api_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """The API changes no session state, so releasing a connection costs no round trip."""
+    return await create_pool(
+        dsn, max_size=max_size, application_name="npcforge-api", keep_session=True,
+        command_timeout=30.0,
+    )  # fmt: skip
+
+
+def build_routes(endpoints: list[Endpoint] = ENDPOINTS) -> list[Route]:
+    return [Route(e.path, e.handler, methods=[e.method], name=e.operation_id) for e in endpoints]
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
@@ -63,6 +79,23 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return JwtAuthenticator(settings)
 
 
+def build_middleware(settings: Settings, metrics: ApiMetrics) -> list[Middleware]:
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Retry-After"],
+                allow_credentials=False,  # bearer tokens, not cookies
+                max_age=600,
+            )
+        )
+    return middleware
+
+
 def create_app(
     settings: Settings,
     *,
@@ -70,20 +103,26 @@ def create_app(
     pool: asyncpg.Pool | None = None,
     authenticator: Authenticator | None = None,
 ) -> Starlette:
-    """Build the app. Without `pool` it opens (and closes) its own from DATABASE_URL."""
+    """Build the app. Without `pool` it opens (and closes) its own from DATABASE_URL; without
+    `authenticator` it uses the one NPCFORGE_AUTH asks for."""
+    auth = authenticator if authenticator is not None else build_authenticator(settings)
+    metrics = ApiMetrics()
+    document = build_openapi(ENDPOINTS, requires_token=auth.requires_token)
+    openapi_json = json.dumps(document, separators=(",", ":")).encode("utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_pool = pool is None
-        app.state.pool = pool or await create_pool(
-            settings.require_database_url(), max_size=10, application_name="npcforge-api"
-        )
+        app.state.pool = pool or await create_api_pool(settings.require_database_url())
         app.state.storage = storage
-        app.state.authenticator = authenticator or NoAuth()
-        app.state.rate_limiter = NoRateLimit()
+        app.state.authenticator = auth
+        app.state.rate_limiter = StartRateLimiter(settings.generate_per_minute)
+        app.state.job_lookups = JobStatusLookups(app.state.pool)
         try:
             yield
         finally:
+            await app.state.job_lookups.close()
+            await auth.close()
             if own_pool:
                 await app.state.pool.close()
 
@@ -92,4 +131,13 @@ def create_app(
         HTTPException: _http_error,
         Exception: _unexpected,
     }
-    return Starlette(routes=build_routes(), lifespan=lifespan, exception_handlers=handlers)
+    app = Starlette(
+        routes=build_routes(),
+        middleware=build_middleware(settings, metrics),
+        lifespan=lifespan,
+        exception_handlers=handlers,
+    )
+    app.state.metrics = metrics
+    app.state.openapi = document
+    app.state.openapi_json = openapi_json
+    return app

@@ -54,9 +54,7 @@ def unauthorized(reason: str | None = None) -> ApiError:
         "UNAUTHORIZED",
         "The access token is invalid or expired.",
         details={"reason": reason},
-        headers={
-            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{reason}"'
-        },
+        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{reason}"'},
     )
 
 

@@ -24,7 +24,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+CURSOR_PATTERN = r"^[0-9]{1,17}-[0-9a-f]{32}$"
 
 UuidText = Annotated[
     str,
@@ -51,6 +51,8 @@ class OutputModel(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
         serialize_by_alias=True,
         json_schema_serialization_defaults_required=True,
         frozen=True,
@@ -93,7 +95,7 @@ class ListJobsQuery(InputModel):
     cursor: str | None = Field(
         default=None,
         pattern=CURSOR_PATTERN,
-        description="`pageInfo.nextCursor` of the previous page; omit for the first page.",
+        description="`pageInfo.nextCursor` of the previous page (opaque); omit for the first page.",
     )
 
 

@@ -64,7 +64,9 @@ def parse_query(request: Request, model: type[M]) -> M:
 
 
 def _too_large() -> ApiError:
-    return ApiError(413, "PAYLOAD_TOO_LARGE", f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+    return ApiError(
+        413, "PAYLOAD_TOO_LARGE", f"Request body is larger than {MAX_BODY_BYTES} bytes."
+    )
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

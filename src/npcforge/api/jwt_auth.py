@@ -9,6 +9,7 @@ Tokens and secrets never appear in errors or logs; a rejection says only why (`r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -60,8 +61,11 @@ class JwksCache:
         self.max_age_seconds = max_age_seconds
         self.timeout_seconds = timeout_seconds
         self.fetches = 0
+        # Bumped whenever a fetch changes the key set, so verdicts on old keys can be dropped.
+        self.generation = 0
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._fingerprint = ""
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
         self._last_failed = False
@@ -97,7 +101,7 @@ class JwksCache:
         self.fetches += 1
         try:
             document = await self._download()
-            self._keys = parse_jwks(document)
+            keys = parse_jwks(document)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # Old keys stay usable; a token signed with one of them still verifies.
             self._last_failed = True
@@ -107,6 +111,10 @@ class JwksCache:
             return
         self._last_failed = False
         self._fetched_at = self._clock()
+        fingerprint = json.dumps(document["keys"], sort_keys=True)
+        if fingerprint != self._fingerprint:
+            self._keys, self._fingerprint = keys, fingerprint
+            self.generation += 1
         log.info("JWKS fetched", extra={"jwks_url": self.url, "keys": len(self._keys)})
 
     async def _download(self) -> Any:
@@ -126,6 +134,35 @@ class JwksCache:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class VerifiedTokens:
+    """Principals of tokens that passed every check, kept until the token expires.
+
+    A poller sends the same token every second or two; checking its signature once is enough.
+    Entries are keyed by the token's SHA-256, bounded in number (oldest dropped first), and
+    dropped when the JWKS changes, so a key removed from the set stops working at once.
+    """
+
+    def __init__(self, size: int = 4096, *, wall_clock: Clock = time.time) -> None:
+        self.size = size
+        self._wall_clock = wall_clock
+        self._entries: dict[bytes, tuple[Principal, float, int]] = {}
+
+    def get(self, token: str, generation: int) -> Principal | None:
+        entry = self._entries.get(hashlib.sha256(token.encode()).digest())
+        if entry is None:
+            return None
+        principal, expires_at, seen_generation = entry
+        if seen_generation != generation or self._wall_clock() >= expires_at:
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal, expires_at: float, generation: int) -> None:
+        if len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]
+        key = hashlib.sha256(token.encode()).digest()
+        self._entries[key] = (principal, expires_at, generation)
 
 
 def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
@@ -178,6 +215,7 @@ class JwtAuthenticator:
             if url
             else None
         )
+        self.verified = VerifiedTokens()
         self._decoder = jwt.PyJWT(
             options={"require": ["exp"], "verify_aud": False, "verify_iss": False}
         )
@@ -190,10 +228,19 @@ class JwtAuthenticator:
         if scheme.lower() != "bearer":
             raise unauthorized()
         token = token.strip()
-        if not token or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+        if not token:
+            raise unauthorized()
+        if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
             raise unauthorized("malformed")
+        generation = self.jwks.generation if self.jwks is not None else 0
+        known = self.verified.get(token, generation)
+        if known is not None:
+            return known
         claims = await self._verified_claims(token)
-        return self._principal(claims)
+        principal = self._principal(claims)
+        # `exp` is required and was checked, so it is a number here.
+        self.verified.put(token, principal, float(claims["exp"]) + LEEWAY_SECONDS, generation)
+        return principal
 
     async def _key_for(self, token: str) -> tuple[Any, str]:
         try:

@@ -7,6 +7,7 @@ concurrent requests cannot overshoot) and handed back when no job was started (4
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -65,10 +66,8 @@ class StartRateLimiter:
             return
         starts = self._starts.get(principal.user_id)
         if starts is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 starts.remove(handle)
-            except ValueError:
-                pass
 
     def _sweep(self, now: float) -> None:
         horizon = now - self.window_seconds

@@ -1,148 +1,140 @@
-"""Thin handlers: parse and check input, one query, shape the answer."""
+"""Thin handlers (check who, check input, one query, shape the answer) and the endpoint table.
+
+The table `ENDPOINTS` is what both the router and /openapi.json are built from.
+"""
 
 from __future__ import annotations
 
-import json
-import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
-from pydantic import BaseModel, ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from npcforge.api.auth import Principal
-from npcforge.api.dto import GenerateAccepted, GenerateBody, JobErrorOut, JobStatusOut
+from npcforge.api.dto import (
+    MAX_BODY_BYTES,
+    GenerateAccepted,
+    GenerateBody,
+    HealthOut,
+    JobErrorOut,
+    JobListOut,
+    JobPath,
+    JobStatus,
+    JobStatusOut,
+    JobSummaryOut,
+    ListJobsQuery,
+    NoQuery,
+    NpcPath,
+    PageInfo,
+    ReadyOut,
+    StartQuery,
+)
 from npcforge.api.errors import NO_STORE, ApiError, npc_not_found
+from npcforge.api.inputs import parse_generate_body, parse_path, parse_query
+from npcforge.api.openapi import Endpoint, Reply
 from npcforge.db.queries import q
 from npcforge.errors import StorageError
 from npcforge.storage.base import xml_key
 
-MAX_BODY_BYTES = 256 * 1024
+JSON = "application/json"
 
 
-def dump(model: BaseModel, status: int = 200) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json", by_alias=True), status_code=status, headers=NO_STORE)
-
-
-def path_uuid(request: Request, *names: str) -> list[uuid.UUID]:
-    values = []
-    bad = []
-    for name in names:
-        raw = request.path_params.get(name, "")
-        try:
-            values.append(uuid.UUID(str(raw)))
-        except ValueError:
-            bad.append(name)
-    if bad:
-        raise ApiError(
-            400, "INVALID_PATH_PARAMETERS", "Path parameters are invalid.",
-            details={"fieldErrors": {name: ["must be a UUID"] for name in bad}},
-        )  # fmt: skip
-    return values
-
-
-def parse_force(request: Request) -> bool:
-    params = request.query_params
-    unknown = sorted(set(params.keys()) - {"force"})
-    values = params.getlist("force")
-    if unknown or len(values) > 1 or (values and values[0] not in ("true", "false")):
-        field_errors: dict[str, list[str]] = {name: ["unknown parameter"] for name in unknown}
-        if values and (len(values) > 1 or values[0] not in ("true", "false")):
-            field_errors["force"] = ["must be 'true' or 'false' (once)"]
-        raise ApiError(
-            400, "INVALID_QUERY_PARAMETERS", "Query parameters are invalid.",
-            details={"fieldErrors": field_errors},
-        )  # fmt: skip
-    return bool(values) and values[0] == "true"
-
-
-async def read_generate_body(request: Request) -> GenerateBody:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is too large.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, "PAYLOAD_TOO_LARGE", "Request body is too large.")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return GenerateBody()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(
-            400, "INVALID_BODY", "Request body is invalid.",
-            details={"message": "Request body must be valid JSON."},
-        ) from None  # fmt: skip
-    if not isinstance(data, dict):
-        raise ApiError(
-            400, "INVALID_BODY", "Request body is invalid.",
-            details={"message": "Request body must be a JSON object."},
-        )  # fmt: skip
-    try:
-        return GenerateBody.model_validate(data)
-    except ValidationError as exc:
-        field_errors: dict[str, list[str]] = {}
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "(body)"
-            field_errors.setdefault(name, []).append(err["msg"])
-        raise ApiError(
-            400, "INVALID_BODY", "Request body is invalid.", details={"fieldErrors": field_errors}
-        ) from None
+def json_reply(model: BaseModel, status: int = 200) -> Response:
+    # pydantic-core writes the JSON bytes itself: no dict round-trip, no json.dumps.
+    body = model.__pydantic_serializer__.to_json(model)
+    return Response(body, status_code=status, media_type=JSON, headers=NO_STORE)
 
 
 async def principal_of(request: Request) -> Principal:
-    principal: Principal = await request.app.state.authenticator.authenticate(request)
+    try:
+        principal: Principal = await request.app.state.authenticator.authenticate(request)
+    except ApiError as exc:
+        if exc.status == 401:
+            reason = (exc.details or {}).get("reason", "missing")
+            request.app.state.metrics.auth_failures.labels(reason).inc()
+        raise
     return principal
+
+
+# --- POST /api/npcs/{npcId}/generate -----------------------------------------------------
 
 
 async def start_generation(request: Request) -> Response:
     principal = await principal_of(request)
-    (npc_id,) = path_uuid(request, "npcId")
-    force = parse_force(request)
-    await read_generate_body(request)  # validated; regenerate/currentXml are informational
-    await request.app.state.rate_limiter.check(principal)
-    row = await request.app.state.pool.fetchrow(
-        q("start_job_for_owner"), npc_id, principal.owner_filter(), force
+    npc_id = UUID(parse_path(request, NpcPath).npc_id)
+    force = parse_query(request, StartQuery).force == "true"
+    await parse_generate_body(request)  # checked; regenerate/currentXml do not change the job
+    state = request.app.state
+    try:
+        slot = state.rate_limiter.acquire(principal)
+    except ApiError:
+        state.metrics.rate_limited.inc()
+        raise
+    started = False
+    try:
+        row = await state.pool.fetchrow(
+            q("start_job_for_owner"), npc_id, principal.owner_filter(), force
+        )
+        if row is None or row["found"] == 0:
+            raise npc_not_found()
+        if row["job_id"] is None:
+            raise ApiError(
+                409, "GENERATION_JOB_CONFLICT",
+                "A generation job is already in progress for this NPC.",
+                details={"status": row["previous_status"]},
+            )  # fmt: skip
+        started = True
+    finally:
+        if not started:
+            state.rate_limiter.release(principal, slot)
+    state.metrics.jobs_started.inc()
+    accepted = GenerateAccepted(
+        job_id=row["job_id"], npc_id=npc_id, submitted_at=row["submitted_at"]
     )
-    if row is None or row["found"] == 0:
-        raise npc_not_found()
-    if row["job_id"] is None:
-        raise ApiError(
-            409, "GENERATION_JOB_CONFLICT", "A generation job is already in progress for this NPC.",
-            details={"status": row["previous_status"]},
-        )  # fmt: skip
-    return dump(
-        GenerateAccepted(job_id=row["job_id"], npc_id=npc_id, submitted_at=row["submitted_at"]),
-        status=202,
-    )
+    return json_reply(accepted, status=202)
+
+
+# --- GET /api/npcs/{npcId}/generation-jobs/{jobId} ---------------------------------------
 
 
 def job_error_out(error: Any) -> JobErrorOut:
-    if isinstance(error, dict) and isinstance(error.get("code"), str):
-        return JobErrorOut(code=error["code"], message=str(error.get("message") or error["code"]))
+    """A failed job always has a code and a message, whatever the row holds."""
+    if isinstance(error, dict) and isinstance(error.get("code"), str) and error["code"]:
+        message = error.get("message")
+        return JobErrorOut(
+            code=error["code"], message=message if isinstance(message, str) else error["code"]
+        )
     return JobErrorOut(code="INTERNAL", message="The job failed without a recorded reason.")
 
 
 async def job_status(request: Request) -> Response:
     principal = await principal_of(request)
-    npc_id, job_id = path_uuid(request, "npcId", "jobId")
-    row = await request.app.state.pool.fetchrow(q("job_status"), npc_id)
+    path = parse_path(request, JobPath)
+    parse_query(request, NoQuery)
+    npc_id, job_id = UUID(path.npc_id), UUID(path.job_id)
+    state = request.app.state
+    row = await state.job_lookups.fetch(npc_id)
     owner = principal.owner_filter()
-    if row is None or row["deleted_at"] is not None or (owner is not None and row["owner_id"] != owner):
+    if (
+        row is None
+        or row["deleted_at"] is not None
+        or (owner is not None and row["owner_id"] != owner)
+    ):
         raise npc_not_found()
     if row["job_id"] != job_id:
         raise ApiError(404, "GENERATION_JOB_NOT_FOUND", "Generation job could not be found.")
-    status = row["status"] or "queued"
+    status: JobStatus = row["status"] or "queued"
     xml: str | None = None
     size: int | None = row["content_size_bytes"]
     if status == "succeeded":
         try:
-            data = await request.app.state.storage.get(xml_key(npc_id))
+            data = await state.storage.get(xml_key(npc_id))
         except StorageError:
+            state.metrics.xml_fetch_failures.inc()
             raise ApiError(
                 503, "XML_FETCH_FAILED", "Unable to read generated XML content; try again shortly.",
                 headers={"Retry-After": "5"},
@@ -152,9 +144,9 @@ async def job_status(request: Request) -> Response:
                 404, "XML_NOT_FOUND",
                 "The generated XML file is missing from storage; start a new generation job.",
             )  # fmt: skip
-        xml = data.decode("utf-8")
+        xml = data.decode("utf-8", errors="replace")
         size = len(data)
-    return dump(
+    return json_reply(
         JobStatusOut(
             job_id=job_id,
             npc_id=npc_id,
@@ -168,13 +160,153 @@ async def job_status(request: Request) -> Response:
     )
 
 
+# --- GET /api/npcs/{npcId}/generation-jobs -----------------------------------------------
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_cursor(sort_at: datetime, job_id: UUID) -> str:
+    """`{microseconds since 1970}-{job id hex}` of the last row shown; clients treat it as opaque."""
+    micros = (sort_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{job_id.hex}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    # CURSOR_PATTERN already holds, so this only fails on values beyond datetime's range.
+    try:
+        micros, _, job = cursor.partition("-")
+        return _EPOCH + timedelta(microseconds=int(micros)), UUID(hex=job)
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400, "INVALID_QUERY_PARAMETERS", "Query parameters are invalid.",
+            details={"fieldErrors": {"cursor": ["not a cursor this API returned"]}},
+        ) from None  # fmt: skip
+
+
+async def list_jobs(request: Request) -> Response:
+    principal = await principal_of(request)
+    npc_id = UUID(parse_path(request, NpcPath).npc_id)
+    query = parse_query(request, ListJobsQuery)
+    after = decode_cursor(query.cursor) if query.cursor is not None else (None, None)
+    rows = await request.app.state.pool.fetch(
+        q("list_generation_jobs"), npc_id, principal.owner_filter(), *after, query.limit + 1
+    )
+    if not rows or rows[0]["found"] == 0:
+        raise npc_not_found()
+    rows = [row for row in rows if row["job_id"] is not None]
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    items = [
+        JobSummaryOut(
+            job_id=row["job_id"],
+            current=row["current"],
+            status=row["status"],
+            started_at=row["started_at"],
+            updated_at=row["updated_at"],
+            error=job_error_out(row["error"]) if row["status"] == "failed" else None,
+            attempts=row["attempts"],
+        )
+        for row in rows
+    ]
+    last = rows[-1] if more else None
+    next_cursor = encode_cursor(last["sort_at"], last["job_id"]) if last is not None else None
+    return json_reply(JobListOut(items=items, page_info=PageInfo(next_cursor=next_cursor)))
+
+
+# --- operations --------------------------------------------------------------------------
+
+
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"}, headers=NO_STORE)
+    return json_reply(HealthOut(status="ok"))
 
 
 async def readyz(request: Request) -> Response:
     try:
         await request.app.state.pool.fetchval("SELECT 1", timeout=2)
     except Exception:
-        raise ApiError(503, "NOT_READY", "Database is unreachable.", headers={"Retry-After": "5"}) from None
-    return JSONResponse({"status": "ready"}, headers=NO_STORE)
+        raise ApiError(
+            503, "NOT_READY", "Database is unreachable.", headers={"Retry-After": "5"}
+        ) from None
+    return json_reply(ReadyOut(status="ready"))
+
+
+async def metrics(request: Request) -> Response:
+    body = generate_latest(request.app.state.metrics.registry)
+    return Response(body, headers={**NO_STORE, "Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: Request) -> Response:
+    return Response(request.app.state.openapi_json, media_type=JSON, headers=NO_STORE)
+
+
+_JOB_LINKS = {
+    "GetGenerationJob": {
+        "operationId": "getGenerationJob",
+        "parameters": {"npcId": "$request.path.npcId", "jobId": "$response.body#/jobId"},
+        "description": "Poll the job that was started.",
+    },
+    "ListGenerationJobs": {
+        "operationId": "listGenerationJobs",
+        "parameters": {"npcId": "$request.path.npcId"},
+    },
+}
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint(
+        "POST", "/api/npcs/{npcId}/generate", start_generation,
+        operation_id="startGeneration",
+        summary="Start a generation job for an NPC",
+        description=(
+            "Queues a job that writes the NPC's XML. Only the NPC's owner (or the service role) "
+            "may start one. Job starts are capped per user and minute (`NPCFORGE_GENERATE_PER_"
+            f"MINUTE`). The body is optional and at most {MAX_BODY_BYTES} bytes."
+        ),
+        reply=Reply(202, "The job is queued.", GenerateAccepted, links=_JOB_LINKS),
+        path_model=NpcPath, query_model=StartQuery, body_model=GenerateBody,
+        errors={404: ("NPC_NOT_FOUND",), 409: ("GENERATION_JOB_CONFLICT",), 429: ("RATE_LIMITED",)},
+    ),
+    Endpoint(
+        "GET", "/api/npcs/{npcId}/generation-jobs/{jobId}", job_status,
+        operation_id="getGenerationJob",
+        summary="Poll a generation job",
+        description=(
+            "The state of the NPC's current job, with the XML once it succeeded. A job id that is "
+            "not the NPC's current one (unknown, or superseded by a newer job) is not found."
+        ),
+        reply=Reply(200, "The job's state.", JobStatusOut),
+        path_model=JobPath, query_model=NoQuery,
+        errors={
+            404: ("NPC_NOT_FOUND", "GENERATION_JOB_NOT_FOUND", "XML_NOT_FOUND"),
+            503: ("XML_FETCH_FAILED",),
+        },
+    ),
+    Endpoint(
+        "GET", "/api/npcs/{npcId}/generation-jobs", list_jobs,
+        operation_id="listGenerationJobs",
+        summary="List an NPC's recent generation jobs with their attempts",
+        description="Newest first, `limit` per page; follow `pageInfo.nextCursor` for more.",
+        reply=Reply(200, "A page of jobs.", JobListOut),
+        path_model=NpcPath, query_model=ListJobsQuery,
+        errors={404: ("NPC_NOT_FOUND",)},
+    ),
+    Endpoint(
+        "GET", "/healthz", healthz, operation_id="healthz", summary="The process is up",
+        reply=Reply(200, "Up.", HealthOut), tag="operations", authenticated=False,
+    ),
+    Endpoint(
+        "GET", "/readyz", readyz, operation_id="readyz", summary="The database is reachable",
+        reply=Reply(200, "Ready.", ReadyOut), tag="operations", authenticated=False,
+        errors={503: ("NOT_READY",)},
+    ),
+    Endpoint(
+        "GET", "/metrics", metrics, operation_id="metrics", summary="Prometheus metrics",
+        reply=Reply(200, "Prometheus text exposition format.", media_type="text/plain"),
+        tag="operations", authenticated=False,
+    ),
+    Endpoint(
+        "GET", "/openapi.json", openapi, operation_id="openapi", summary="This document",
+        reply=Reply(200, "The OpenAPI 3.1 description of this API."),
+        tag="operations", authenticated=False,
+    ),
+]  # fmt: skip

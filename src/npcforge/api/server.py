@@ -16,7 +16,11 @@ def check_bind(settings: Settings, host: str) -> None:
             f"NPCFORGE_AUTH=none is only allowed on a loopback address, not {host!r}; "
             "bind to 127.0.0.1 or set NPCFORGE_AUTH=jwt"
         )
-    if settings.auth == "jwt" and settings.supabase_jwt_secret is None and not settings.effective_jwks_url:
+    if (
+        settings.auth == "jwt"
+        and settings.supabase_jwt_secret is None
+        and not settings.effective_jwks_url
+    ):
         raise ConfigError(
             "NPCFORGE_AUTH=jwt needs SUPABASE_JWT_SECRET (HS256) or NPCFORGE_JWKS_URL / SUPABASE_URL"
         )

@@ -46,16 +46,29 @@ async def connect(dsn: str, *, application_name: str = "npcforge", timeout: floa
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without RESET ALL: for users that change no session state (no LISTEN, SET, ...)."""
+
+
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, application_name: str = "npcforge"
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str = "npcforge",
+    keep_session: bool = False,
+    command_timeout: float = 60.0,
 ) -> asyncpg.Pool:
+    """A pool. `keep_session` saves the reset round trip on every release; asyncpg still rolls
+    back an open transaction."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        reset=_keep_session if keep_session else None,
         timeout=10.0,
-        command_timeout=60.0,
+        command_timeout=command_timeout,
         max_inactive_connection_lifetime=300.0,
         server_settings=_server_settings(application_name),
     )

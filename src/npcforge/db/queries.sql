@@ -25,42 +25,90 @@ RETURNING n.id, n.generation_job_id AS job_id, n.generation_job_lease_token AS l
           n.generation_job_attempts AS attempt, n.generation_job_queued_at AS queued_at,
           n.generation_job_claimed_at AS claimed_at;
 
--- name: renew_leases
--- One statement renews every running job of a worker; tokens missing from the result were lost
--- (reaped, superseded by a new job, or cancelled).
-UPDATE npcs
-   SET generation_job_lease_expires_at = now() + make_interval(secs => $3)
+-- name: adopt_lost_claims
+-- After a claim whose reply never arrived (the connection died around its commit): the rows
+-- worker $1 holds but does not know about, i.e. whose lease tokens are not among $2. The
+-- claimer runs this between its own claims, so no claim of its own is in flight.
+SELECT id, generation_job_id AS job_id, generation_job_lease_token AS lease_token,
+       generation_job_attempts AS attempt, generation_job_queued_at AS queued_at,
+       generation_job_claimed_at AS claimed_at
+  FROM npcs
  WHERE generation_job_status = 'processing'
    AND generation_job_lease_owner = $1
-   AND generation_job_lease_token = ANY($2::uuid[])
-RETURNING generation_job_lease_token AS lease_token;
+   AND generation_job_lease_token <> ALL($2::uuid[]);
+
+-- name: renew_leases
+-- One statement renews every running job of a worker ($1 owner, $2 its lease tokens). It returns
+-- the tokens that are still this worker's; a token missing from the result was lost (reaped,
+-- superseded by a new job, or cancelled). A row locked right now (its own publish holds it, or
+-- a force waits on it) is skipped rather than waited for, so one slow upload never delays the
+-- other renewals; it is renewed next round.
+WITH renewable AS (
+  SELECT id
+    FROM npcs
+   WHERE generation_job_status = 'processing'
+     AND generation_job_lease_owner = $1
+     AND generation_job_lease_token = ANY($2::uuid[])
+     FOR UPDATE SKIP LOCKED
+), renewed AS (
+  UPDATE npcs AS n
+     SET generation_job_lease_expires_at = now() + make_interval(secs => $3)
+    FROM renewable AS r
+   WHERE n.id = r.id
+)
+SELECT generation_job_lease_token AS lease_token
+  FROM npcs
+ WHERE generation_job_status = 'processing'
+   AND generation_job_lease_owner = $1
+   AND generation_job_lease_token = ANY($2::uuid[]);
 
 -- name: reap_expired_leases
 -- Rows whose lease ran out go back to the queue (the attempt stays counted), or fail with
--- WORKER_LOST once $1 attempts are used up.
+-- WORKER_LOST once $1 attempts are used up; the lost attempt gets its attempt row either way.
+-- $3: the leases the calling worker is renewing itself (never taken from under it).
+-- A lease that ran out while the server was down is not held against its worker: for $2 (the
+-- lease length) seconds after the server starts, nothing is reaped, so every live worker gets
+-- to renew first.
 WITH expired AS (
-  SELECT id, generation_job_attempts AS attempts
+  SELECT id, generation_job_id AS job_id, generation_job_attempts AS attempts,
+         generation_job_lease_owner AS owner, generation_job_claimed_at AS claimed_at
     FROM npcs
    WHERE generation_job_status = 'processing'
-     AND generation_job_lease_expires_at < now()
-   ORDER BY generation_job_lease_expires_at
+     AND (generation_job_lease_expires_at IS NULL OR generation_job_lease_expires_at < now())
+     AND (generation_job_lease_token IS NULL OR generation_job_lease_token <> ALL($3::uuid[]))
+     AND pg_postmaster_start_time() + make_interval(secs => $2) < now()
+   ORDER BY generation_job_lease_expires_at NULLS FIRST
    LIMIT 500
    FOR UPDATE SKIP LOCKED
+), taken AS (
+  UPDATE npcs AS n
+     SET generation_job_status = CASE WHEN e.attempts >= $1 THEN 'failed' ELSE 'queued' END::generation_job_status,
+         generation_job_error = jsonb_build_object(
+           'code', 'WORKER_LOST',
+           'message', format('the worker running this job stopped renewing its lease (attempt %s of %s)',
+                             e.attempts, $1)),
+         generation_job_finished_at = CASE WHEN e.attempts >= $1 THEN now() END,
+         generation_job_run_after = now(),
+         generation_job_lease_owner = NULL,
+         generation_job_lease_token = NULL,
+         generation_job_lease_expires_at = NULL
+    FROM expired AS e
+   WHERE n.id = e.id
+  RETURNING n.id, n.generation_job_status::text AS status, e.job_id, e.attempts, e.owner,
+            e.claimed_at
+), recorded AS (
+  INSERT INTO npc_generation_attempts (
+    job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message,
+    duration_ms)
+  SELECT t.job_id, t.id, greatest(t.attempts, 1), coalesce(t.owner, 'unknown'),
+         coalesce(t.claimed_at, now()),
+         CASE WHEN t.status = 'failed' THEN 'failed' ELSE 'retry' END,
+         'WORKER_LOST', 'the worker stopped renewing its lease',
+         greatest(0, floor(extract(epoch FROM now() - coalesce(t.claimed_at, now())) * 1000))::int
+    FROM taken AS t
+   WHERE t.job_id IS NOT NULL
 )
-UPDATE npcs AS n
-   SET generation_job_status = CASE WHEN e.attempts >= $1 THEN 'failed' ELSE 'queued' END::generation_job_status,
-       generation_job_error = CASE WHEN e.attempts >= $1 THEN jsonb_build_object(
-         'code', 'WORKER_LOST',
-         'message', format('the worker running this job stopped renewing its lease (%s attempts)', e.attempts))
-         ELSE n.generation_job_error END,
-       generation_job_finished_at = CASE WHEN e.attempts >= $1 THEN now() END,
-       generation_job_run_after = now(),
-       generation_job_lease_owner = NULL,
-       generation_job_lease_token = NULL,
-       generation_job_lease_expires_at = NULL
-  FROM expired AS e
- WHERE n.id = e.id
-RETURNING n.id, n.generation_job_status::text AS status;
+SELECT id, job_id, status, attempts, owner FROM taken;
 
 -- name: load_npc
 -- The full record with its active shop items and keywords (keywords in sort order).
@@ -148,6 +196,17 @@ INSERT INTO npc_generation_attempts (
   generation_id, request_id, prompt_tokens, completion_tokens, cost, retries, duration_ms)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
 
+-- name: committed_attempt_outcome
+-- A finalize whose reply was lost: did it commit? Its attempt row was written in the same
+-- transaction. (Rows the reaper wrote for this attempt carry WORKER_LOST and do not count.)
+SELECT outcome
+  FROM npc_generation_attempts
+ WHERE job_id = $1 AND attempt = $2 AND worker_id = $3
+   AND outcome IN ('succeeded', 'failed', 'retry')
+   AND error_code IS DISTINCT FROM 'WORKER_LOST'
+ ORDER BY id DESC
+ LIMIT 1;
+
 -- name: next_run_after
 -- When the earliest delayed job becomes runnable (NULL when nothing is queued).
 SELECT min(generation_job_run_after) - now() AS wait
@@ -162,6 +221,9 @@ SELECT count(*) AS depth,
                 FILTER (WHERE generation_job_run_after <= now())), 0)::float8 AS oldest_age
   FROM npcs
  WHERE generation_job_status = 'queued';
+
+-- name: worker_db_ping
+SELECT 1;
 
 -- name: enqueue
 SELECT npcforge_enqueue($1, $2) AS job_id;
@@ -242,3 +304,93 @@ UPDATE npcs
        generation_job_lease_expires_at = NULL
  WHERE id = $1 AND generation_job_status IN ('queued', 'processing')
 RETURNING id AS npc_id, generation_job_id AS job_id;
+
+-- name: list_generation_jobs
+-- The API's job history of one NPC, newest first: the current job (listed even before its first
+-- attempt) and every earlier job that left attempts. $1 npc, $2 owner (NULL = any owner),
+-- $3/$4 the keyset cursor (sort_at, job_id) of the previous page's last row or NULL, $5 rows.
+-- One statement, one snapshot; `found` is 0 when the NPC is missing, foreign or soft-deleted.
+WITH npc AS (
+  SELECT id, generation_job_id, generation_job_status, generation_job_started_at,
+         coalesce(generation_job_updated_at, generation_job_started_at) AS updated_at,
+         generation_job_error
+    FROM npcs
+   WHERE id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR owner_id = $2)
+), past AS (
+  SELECT a.job_id,
+         min(a.started_at) AS started_at,
+         max(a.finished_at) AS updated_at,
+         bool_or(a.outcome = 'succeeded') AS succeeded,
+         (array_agg(a.outcome ORDER BY a.attempt DESC, a.id DESC))[1] AS last_outcome,
+         (array_agg(a.error_code ORDER BY a.attempt DESC, a.id DESC))[1] AS last_error_code,
+         (array_agg(a.error_message ORDER BY a.attempt DESC, a.id DESC))[1] AS last_error_message,
+         jsonb_agg(jsonb_build_object(
+           'attempt', a.attempt, 'outcome', a.outcome, 'startedAt', a.started_at,
+           'finishedAt', a.finished_at, 'durationMs', a.duration_ms, 'model', a.model,
+           'errorCode', a.error_code, 'errorMessage', a.error_message,
+           'promptTokens', a.prompt_tokens, 'completionTokens', a.completion_tokens,
+           'cost', a.cost, 'retries', a.retries) ORDER BY a.attempt, a.id) AS attempts
+    FROM npc_generation_attempts a
+   WHERE a.npc_id = (SELECT id FROM npc)
+   GROUP BY a.job_id
+), jobs AS (
+  SELECT coalesce(c.generation_job_id, p.job_id) AS job_id,
+         c.generation_job_id IS NOT NULL AS current,
+         CASE WHEN c.generation_job_id IS NOT NULL
+                THEN coalesce(c.generation_job_status::text, 'queued')
+              WHEN p.succeeded THEN 'succeeded'
+              WHEN p.last_outcome = 'failed' THEN 'failed'
+              ELSE 'superseded' END AS status,
+         coalesce(c.generation_job_started_at, p.started_at) AS started_at,
+         coalesce(c.updated_at, p.updated_at) AS updated_at,
+         CASE WHEN c.generation_job_id IS NOT NULL THEN c.generation_job_error
+              WHEN p.last_outcome = 'failed' AND NOT p.succeeded THEN jsonb_build_object(
+                'code', coalesce(p.last_error_code, 'INTERNAL'),
+                'message', coalesce(p.last_error_message, 'The attempt failed.'))
+         END AS error,
+         coalesce(p.attempts, '[]'::jsonb) AS attempts,
+         coalesce(c.generation_job_started_at, p.started_at, 'epoch'::timestamptz) AS sort_at
+    FROM past AS p
+    FULL JOIN (SELECT * FROM npc WHERE generation_job_id IS NOT NULL) AS c
+      ON p.job_id = c.generation_job_id
+), page AS (
+  SELECT *
+    FROM jobs
+   WHERE $3::timestamptz IS NULL OR (sort_at, job_id) < ($3::timestamptz, $4::uuid)
+   ORDER BY sort_at DESC, job_id DESC
+   LIMIT $5
+)
+SELECT (SELECT count(*) FROM npc) AS found, page.job_id, page.current, page.status,
+       page.started_at, page.updated_at, page.error, page.attempts, page.sort_at
+  FROM (SELECT 1) AS one
+  LEFT JOIN page ON true
+ ORDER BY page.sort_at DESC, page.job_id DESC;
+
+-- name: rate_acquire
+-- Fleet rate gate: take the next upstream call slot ($1 limiter, $2 cap per minute, $3 successes
+-- since the last call, $4 longest wait worth reserving); see 0003_rate_limit.sql.
+SELECT wait_s, granted, seq, pause_s, rate
+  FROM npcforge_rate_acquire($1, $2, $3, $4);
+
+-- name: rate_pause
+-- Fleet rate gate: the upstream rate-limited us for $2 seconds; pauses every worker (NOTIFY).
+SELECT pause_s, seq, rate_factor
+  FROM npcforge_rate_pause($1, $2);
+
+-- name: rate_state
+-- Fleet rate gate: the pause in force, read when the gate (re)connects.
+SELECT pause_seq AS seq,
+       greatest(0.0, coalesce(extract(epoch FROM paused_until - clock_timestamp()), 0.0))::float8
+         AS pause_s
+  FROM npcforge_rate_limits
+ WHERE name = $1;
+
+-- name: job_status_many
+-- The API's polls, coalesced: `job_status` for every NPC in $1 at once (same columns).
+SELECT n.id AS npc_id, n.owner_id, n.deleted_at, n.generation_job_id AS job_id,
+       n.generation_job_status::text AS status, n.generation_job_started_at AS started_at,
+       n.generation_job_error AS error, n.content_size_bytes,
+       coalesce(n.generation_job_updated_at, n.generation_job_started_at) AS updated_at,
+       n.generation_job_attempts AS attempts
+  FROM npcs n
+ WHERE n.id = ANY($1::uuid[]);

@@ -30,6 +30,21 @@ class CallStats:
     upstream_ms: float = 0.0
 
 
+# The attribute a failed call's CallStats ride on, from the provider to the worker's attempt row.
+_CALL_STATS_ATTR = "npcforge_call_stats"
+
+
+def attach_call_stats(error: BaseException, stats: CallStats) -> None:
+    """Let what a failed call cost (model, ids, tokens, retries) travel with its error."""
+    setattr(error, _CALL_STATS_ATTR, stats)
+
+
+def call_stats_of(error: BaseException) -> CallStats | None:
+    """The CallStats a provider attached to `error`, if any."""
+    stats = getattr(error, _CALL_STATS_ATTR, None)
+    return stats if isinstance(stats, CallStats) else None
+
+
 @dataclass(slots=True)
 class Generated:
     xml: str

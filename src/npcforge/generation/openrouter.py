@@ -32,7 +32,7 @@ import aiohttp
 
 from npcforge.config import Settings
 from npcforge.errors import AiInvalidXml, AiRefused, AiTimeout, AiUpstream, JobError, LimitExceeded
-from npcforge.generation.base import CallStats, Generated, RepairRequest
+from npcforge.generation.base import CallStats, Generated, RepairRequest, attach_call_stats
 from npcforge.generation.prompt import build_messages, max_tokens_for
 from npcforge.generation.ratelimit import NoGate, RateGate
 from npcforge.generation.retry import (
@@ -172,16 +172,18 @@ class OpenRouterProvider:
                 details={"deadlineSeconds": deadline_s, "retries": stats.retries},
                 request_id=stats.request_id,
             )
+            self._attach_stats(error, stats)
             self._log_failure(npc, error, stats)
             raise error from None
         except JobError as error:
             if error.request_id is None:
                 error.request_id = stats.request_id
-            # The worker only sees CallStats on success; keep the ids an operator needs.
+            # Also in the error document, for whoever reads only the job's error.
             error.details = {**(error.details or {}), "retries": stats.retries}
             if stats.generation_id:
                 error.details["generationId"] = stats.generation_id
             self._redact(error)
+            self._attach_stats(error, stats)
             self._log_failure(npc, error, stats)
             raise
         log.info(
@@ -203,10 +205,12 @@ class OpenRouterProvider:
         return Generated(xml=xml, stats=stats)
 
     async def close(self) -> None:
+        """Close the session (when this provider opened it) and the rate gate it was given."""
         if self._owns_session and self._session is not None and not self._session.closed:
             await self._session.close()
         if self._owns_session:
             self._session = None
+        await self._gate.close()
 
     # --- one generate() call -----------------------------------------------------------------
 
@@ -474,6 +478,12 @@ class OpenRouterProvider:
         return content
 
     # --- hygiene ---------------------------------------------------------------------------------
+
+    def _attach_stats(self, error: JobError, stats: CallStats) -> None:
+        """The attempt row records a failed call too; name the model asked for if none answered."""
+        if stats.model is None:
+            stats.model = self._settings.openrouter_model
+        attach_call_stats(error, stats)
 
     def _redact(self, error: JobError) -> None:
         """Upstream messages are echoed into errors; make sure the key never is."""

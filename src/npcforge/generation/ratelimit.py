@@ -1,9 +1,10 @@
 """The rate gate port: how the OpenRouter client asks permission before each upstream call.
 
 The client calls `acquire()` before every HTTP request, `on_rate_limited()` when the upstream
-answers 429 (or a 200 carrying a rate-limit error), and `on_success()` after a 2xx completion.
-A fleet-wide implementation (counted in PostgreSQL) lives with the worker; `NoGate` lets every
-call through and is what a single process without `OPENROUTER_REQUESTS_PER_MINUTE` uses.
+answers 429 (or a 200 carrying a rate-limit error), and `on_success()` after a 2xx completion;
+the provider that was handed a gate closes it with itself. The fleet-wide implementation,
+counted in PostgreSQL, is `fleetgate.PostgresRateGate`; `NoGate` lets every call through (a
+provider used without a database).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ class RateGate(Protocol):
         """An upstream call completed normally."""
         ...
 
+    async def close(self) -> None:
+        """Release what the gate holds (connections, tasks)."""
+        ...
+
 
 class NoGate:
-    """A gate that never waits: no fleet-wide cap is configured."""
+    """A gate that never waits: for a provider used without a database (no fleet to share)."""
 
     async def acquire(self) -> None:
         return None
@@ -35,4 +40,7 @@ class NoGate:
         return None
 
     async def on_success(self) -> None:
+        return None
+
+    async def close(self) -> None:
         return None

@@ -1,5 +1,11 @@
 """The one LISTEN connection: notifications wake the claimer; a self-NOTIFY probe proves the
-connection is alive; any loss reconnects with backoff and jitter and triggers a catch-up claim."""
+connection is alive; any loss reconnects with backoff and jitter and triggers a catch-up claim.
+
+Loss is noticed three ways: the driver's termination callback (the server closed the
+connection), TCP keepalives (set up by `connect`, for a peer that vanished), and the probe, which
+catches everything else (a stalled backend, a half-open socket): at most `probe_interval +
+probe_timeout` seconds pass between the last proof of life and the reconnect.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from npcforge.db.connect import connect
 log = logging.getLogger("npcforge.listener")
 
 JOBS_CHANNEL = "npcforge_jobs"
+MAX_RECONNECT_DELAY = 5.0
 
 
 class Listener:
@@ -28,18 +35,20 @@ class Listener:
         probe_interval: float = 3.0,
         probe_timeout: float = 5.0,
         on_state: Callable[[bool], None] | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._on_notify = on_notify
         self._on_connected = on_connected
         self._on_state = on_state or (lambda up: None)
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
+        self._beat = beat or (lambda: None)
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
         self._probe_channel = f"npcforge_probe_{uuid.uuid4().hex[:16]}"
         self._probe_seen = asyncio.Event()
         self._lost = asyncio.Event()
         self.up = False
-        self.reconnects = 0
+        self.connections = 0
 
     def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
         if channel == JOBS_CHANNEL:
@@ -51,13 +60,15 @@ class Listener:
         self._lost.set()
 
     def _set_up(self, up: bool) -> None:
-        self.up = up
-        self._on_state(up)
+        if up != self.up:
+            self.up = up
+            self._on_state(up)
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
         failures = 0
         while True:
+            self._beat()
             conn = None
             try:
                 conn = await connect(self._dsn, application_name="npcforge-listener")
@@ -65,8 +76,9 @@ class Listener:
                 conn.add_termination_listener(self._terminated)
                 await conn.add_listener(JOBS_CHANNEL, self._notified)
                 await conn.add_listener(self._probe_channel, self._notified)
+                self.connections += 1
                 self._set_up(True)
-                if failures or self.reconnects:
+                if self.connections > 1:
                     log.info("listener reconnected", extra={"action": "listener_up"})
                 failures = 0
                 self._on_connected()  # catch-up claim: notifications may have been missed
@@ -76,7 +88,7 @@ class Listener:
             except Exception as exc:
                 failures += 1
                 log.warning(
-                    "listener connection failed",
+                    "listener connection lost" if self.up else "listener cannot connect",
                     extra={"action": "listener_down", "error": type(exc).__name__},
                 )
             finally:
@@ -84,19 +96,22 @@ class Listener:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.terminate()
-            self.reconnects += 1
-            delay = min(10.0, 0.2 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+            delay = min(MAX_RECONNECT_DELAY, 0.2 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+            self._beat()
             await asyncio.sleep(delay)
 
     async def _probe_until_lost(self, conn: Any) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._lost.wait(), timeout=self._probe_interval)
-                raise ConnectionError("LISTEN connection terminated")
-            except TimeoutError:
-                pass
+            self._beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), timeout=self.probe_interval)
+                raise ConnectionError("the server closed the LISTEN connection")
             self._probe_seen.clear()
-            await asyncio.wait_for(
-                conn.execute(f"NOTIFY {self._probe_channel}"), timeout=self._probe_timeout
-            )
-            await asyncio.wait_for(self._probe_seen.wait(), timeout=self._probe_timeout)
+            try:
+                async with asyncio.timeout(self.probe_timeout):
+                    await conn.execute(f"NOTIFY {self._probe_channel}")
+                    await self._probe_seen.wait()
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no answer to the listener's probe within {self.probe_timeout:g} s"
+                ) from None

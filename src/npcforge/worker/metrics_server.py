@@ -1,4 +1,5 @@
-"""The worker's own HTTP endpoint: /metrics, /healthz (loop alive), /readyz (db + listener)."""
+"""The worker's own HTTP endpoint: /metrics, /healthz (event loop and loops alive), /readyz
+(claiming: the database answers and the listener is connected)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,29 @@ async def serve_metrics(worker: Worker, host: str, port: int) -> web.AppRunner:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        # Answering at all proves the event loop runs; `loops` says whether they all report.
+        return web.json_response({"status": "ok", "loops": "alive" if worker.alive else "stuck"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        ready = worker.ready.is_set() and worker.healthy and not worker.stopping.is_set()
+        database = await worker.check_database()
+        checks = {
+            "started": worker.ready.is_set(),
+            "stopping": worker.stopping.is_set(),
+            "database": database,
+            "listener": worker.listener.up,
+            "loops": worker.alive,
+        }
+        ready = (
+            checks["started"]
+            and not checks["stopping"]
+            and database
+            and checks["listener"]
+            and checks["loops"]
+        )
         return web.json_response(
-            {"status": "ready" if ready else "not ready", "listener": worker.listener.up},
+            {"status": "ready" if ready else "not ready", **checks},
             status=200 if ready else 503,
+            headers={"Cache-Control": "no-store"},
         )
 
     app = web.Application()

@@ -1,7 +1,9 @@
 """One job attempt, start to end: load → generate → validate (→ repair) → publish → finalize.
 
 Every write after the claim is fenced by (npc id, job id, lease token): a job that was
-superseded, cancelled or lost its lease changes nothing and leaves no XML behind.
+superseded, cancelled or lost its lease changes nothing and leaves no XML behind. Publishing
+holds the row lock from the fencing check through the upload to the status change, so a newer
+job (a `force`) or a cancel waits for it instead of interleaving.
 """
 
 from __future__ import annotations
@@ -12,15 +14,23 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
+from asyncpg import exceptions as pg
 
 from npcforge.db.npcs import load_npc
 from npcforge.db.queries import q
-from npcforge.errors import AiInvalidXml, AiTimeout, InternalError, JobError, NpcNotFound
-from npcforge.generation.base import CallStats, Generated, Provider, RepairRequest
+from npcforge.errors import (
+    AiInvalidXml,
+    AiTimeout,
+    InternalError,
+    JobError,
+    NpcNotFound,
+    StorageError,
+)
+from npcforge.generation.base import CallStats, Generated, Provider, RepairRequest, call_stats_of
 from npcforge.generation.xmlrules import validate_npc_xml
 from npcforge.metrics import WorkerMetrics
 from npcforge.npc import NpcRecord
@@ -28,16 +38,23 @@ from npcforge.storage.base import Storage, xml_key
 
 log = logging.getLogger("npcforge.worker")
 
-# Errors that mean "the database is unreachable right now", not "the statement is wrong".
+# Errors that mean "the database cannot do this right now" (unreachable, restarting, shutting
+# down, out of connections, a deadlock or a cancelled statement), not "the statement is wrong".
 DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
+    pg.PostgresConnectionError,
+    pg.OperatorInterventionError,
+    pg.InsufficientResourcesError,
+    pg.TransactionRollbackError,
+    pg.ReadOnlySQLTransactionError,
+    # asyncpg raises this when the server closed a pooled connection just as it was released.
+    pg.InternalClientError,
 )
+
+Phase = Literal["producing", "finalizing"]
+OutcomeStatus = Literal["succeeded", "failed", "retry", "discarded", "released"]
 
 
 @dataclass(slots=True)
@@ -49,7 +66,12 @@ class Claim:
     queued_at: datetime | None
     claimed_at: datetime
     started_mono: float = field(default_factory=time.monotonic)
-    lease_lost: bool = False
+    # producing: nothing written yet, safe to cancel; finalizing: the fenced writes have begun.
+    phase: Phase = "producing"
+    # Why the worker gave up on this claim ("lease_lost", "shutdown"), if it did.
+    abandoned: str | None = None
+    # A finalize failed after it may have reached the server: its commit is in doubt.
+    finalize_in_doubt: bool = False
     # The attempt's product, kept across database outages: XML bytes or the failure.
     result: bytes | JobError | None = None
     stats: CallStats = field(default_factory=CallStats)
@@ -57,7 +79,7 @@ class Claim:
 
 @dataclass(slots=True)
 class Outcome:
-    status: str  # succeeded | failed | retry | discarded | released
+    status: OutcomeStatus
     error: JobError | None = None
     stats: CallStats = field(default_factory=CallStats)
     retry_in: float | None = None
@@ -123,94 +145,115 @@ class JobRunner:
     # --- one attempt --------------------------------------------------------------------
 
     async def run(self, claim: Claim) -> Outcome:
-        """Produce the result once, then finalize it. A database outage raises DB_UNAVAILABLE;
-        calling run() again reuses the result already produced instead of generating anew."""
+        """Produce the result once, then finalize it.
+
+        Database trouble raises (DB_UNAVAILABLE or another asyncpg error); calling run() again
+        reuses the result already produced instead of generating anew.
+        """
         if claim.result is None:
             claim.result = await self._produce(claim)
+        claim.phase = "finalizing"
         if isinstance(claim.result, JobError):
-            return await self.fail(claim, claim.result, claim.stats)
-        published = await self.publish(claim, claim.result, claim.stats)
-        return Outcome("succeeded" if published else "discarded", stats=claim.stats)
+            return await self.fail(claim, claim.result)
+        return await self.publish(claim, claim.result)
 
     async def _produce(self, claim: Claim) -> bytes | JobError:
         stats = claim.stats
+        npc = await load_npc(self.pool, claim.npc_id)  # database errors go to the caller
+        if npc is None:
+            return NpcNotFound("the NPC does not exist or was deleted")
+        gen_started = time.monotonic()
         try:
-            npc = await load_npc(self.pool, claim.npc_id)
-            if npc is None:
-                raise NpcNotFound("the NPC does not exist or was deleted")
-            gen_started = time.monotonic()
             xml = await self.generate_valid_xml(npc, stats)
-            self.metrics.provider_latency.observe(time.monotonic() - gen_started)
-            return xml.encode("utf-8")
         except JobError as exc:
+            failed_call = call_stats_of(exc)  # what the failing provider call cost, if it says
+            if failed_call is not None:
+                _merge_stats(stats, Generated("", failed_call))
             if exc.request_id is None:
                 exc.request_id = stats.request_id
             return exc
-        except DB_UNAVAILABLE:
-            raise
-        except asyncpg.PostgresError as exc:
-            log.exception("database error in job", extra=_ids(claim))
-            return InternalError(f"database error ({type(exc).__name__})", retryable=True)
-        except (
-            AssertionError,
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            LookupError,
-        ) as exc:
-            log.exception("unexpected error in job", extra=_ids(claim))
+        except Exception as exc:
+            log.exception("unexpected error from the provider", extra=self.ids(claim))
             return InternalError(f"internal error ({type(exc).__name__})")
+        finally:
+            self.metrics.provider_latency.observe(time.monotonic() - gen_started)
+        return xml.encode("utf-8")
 
-    async def publish(self, claim: Claim, data: bytes, stats: CallStats) -> bool:
+    async def publish(self, claim: Claim, data: bytes) -> Outcome:
         """Upload and mark succeeded while holding the row: nothing newer can interleave."""
+        stats = claim.stats
         async with self.pool.acquire() as conn, conn.transaction():
             held = await conn.fetchval(
                 q("lock_job_for_publish"), claim.npc_id, claim.job_id, claim.lease_token
             )
             if held is None:
-                await self._insert_attempt(conn, claim, Outcome("discarded", stats=stats))
-                return False
+                return await self._fenced_off(conn, claim, None)
             upload_started = time.monotonic()
-            await self.storage.put(xml_key(claim.npc_id), data)
-            self.metrics.upload_latency.observe(time.monotonic() - upload_started)
+            try:
+                await self.storage.put(xml_key(claim.npc_id), data)
+            except JobError as exc:
+                failure: JobError | None = exc
+            except Exception as exc:
+                failure = StorageError(f"storage upload failed ({type(exc).__name__})")
+            else:
+                failure = None
+            finally:
+                self.metrics.upload_latency.observe(time.monotonic() - upload_started)
+            if failure is not None:
+                # Still under the row lock: end this attempt in the same transaction.
+                return await self._finish_failed(conn, claim, failure)
             await conn.execute(
                 q("finish_succeeded"), claim.npc_id, claim.job_id, claim.lease_token, len(data)
             )
-            await self._insert_attempt(conn, claim, Outcome("succeeded", stats=stats))
-        return True
+            outcome = Outcome("succeeded", stats=stats)
+            await self.insert_attempt(conn, claim, outcome)
+        return outcome
 
-    async def fail(self, claim: Claim, error: JobError, stats: CallStats) -> Outcome:
+    async def fail(self, claim: Claim, error: JobError) -> Outcome:
         """Requeue a retryable failure with backoff, or end the job failed; both fenced."""
-        retry = error.retryable and claim.attempt < self.max_attempts
-        outcome = Outcome("retry" if retry else "failed", error=error, stats=stats)
         async with self.pool.acquire() as conn, conn.transaction():
-            if retry:
-                delay = (
-                    error.retry_after
-                    if error.retry_after is not None
-                    else backoff_seconds(claim.attempt)
-                )
-                outcome.retry_in = delay
-                status = await conn.execute(
-                    q("requeue_for_retry"), claim.npc_id, claim.job_id, claim.lease_token,
-                    float(delay), error.as_json(),
-                )  # fmt: skip
-            else:
-                status = await conn.execute(
-                    q("finish_failed"), claim.npc_id, claim.job_id, claim.lease_token,
-                    error.as_json(),
-                )  # fmt: skip
-            if status.endswith(" 0"):
-                outcome = Outcome("discarded", error=error, stats=stats)
-            await self._insert_attempt(conn, claim, outcome)
+            return await self._finish_failed(conn, claim, error)
+
+    async def _finish_failed(self, conn: Any, claim: Claim, error: JobError) -> Outcome:
+        stats = claim.stats
+        if error.retryable and claim.attempt < self.max_attempts:
+            delay = error.retry_after if error.retry_after is not None else None
+            if delay is None:
+                delay = backoff_seconds(claim.attempt)
+            status = await conn.execute(
+                q("requeue_for_retry"), claim.npc_id, claim.job_id, claim.lease_token,
+                float(delay), error.as_json(),
+            )  # fmt: skip
+            outcome = Outcome("retry", error=error, stats=stats, retry_in=delay)
+        else:
+            status = await conn.execute(
+                q("finish_failed"), claim.npc_id, claim.job_id, claim.lease_token,
+                error.as_json(),
+            )  # fmt: skip
+            outcome = Outcome("failed", error=error, stats=stats)
+        if status.endswith(" 0"):
+            return await self._fenced_off(conn, claim, error)
+        await self.insert_attempt(conn, claim, outcome)
+        return outcome
+
+    async def _fenced_off(self, conn: Any, claim: Claim, error: JobError | None) -> Outcome:
+        """The row is no longer this claim's. Unless our own earlier finalize committed
+        without us hearing back, the result is discarded."""
+        if claim.finalize_in_doubt:
+            done = await conn.fetchval(
+                q("committed_attempt_outcome"), claim.job_id, claim.attempt, self.worker_id
+            )
+            if done is not None:
+                return Outcome(done, error=error, stats=claim.stats)
+        outcome = Outcome("discarded", error=error, stats=claim.stats)
+        await self.insert_attempt(conn, claim, outcome)
         return outcome
 
     async def record_attempt(self, claim: Claim, outcome: Outcome) -> None:
         async with self.pool.acquire() as conn:
-            await self._insert_attempt(conn, claim, outcome)
+            await self.insert_attempt(conn, claim, outcome)
 
-    async def _insert_attempt(self, conn: Any, claim: Claim, outcome: Outcome) -> None:
+    async def insert_attempt(self, conn: Any, claim: Claim, outcome: Outcome) -> None:
         stats, error = outcome.stats, outcome.error
         duration_ms = int((time.monotonic() - claim.started_mono) * 1000)
         await conn.execute(
@@ -220,6 +263,19 @@ class JobRunner:
             stats.model, stats.generation_id, stats.request_id or (error.request_id if error else None),
             stats.prompt_tokens, stats.completion_tokens, stats.cost, stats.retries, duration_ms,
         )  # fmt: skip
+
+    def ids(self, claim: Claim) -> dict[str, Any]:
+        return log_fields(claim, self.worker_id)
+
+
+def log_fields(claim: Claim, worker_id: str) -> dict[str, Any]:
+    """The fields every log line about a job carries."""
+    return {
+        "job_id": str(claim.job_id),
+        "npc_id": str(claim.npc_id),
+        "attempt": claim.attempt,
+        "worker_id": worker_id,
+    }
 
 
 def _merge_stats(into: CallStats, generated: Generated) -> None:
@@ -235,11 +291,3 @@ def _merge_stats(into: CallStats, generated: Generated) -> None:
         into.cost = (into.cost or 0.0) + got.cost
     into.retries += got.retries
     into.upstream_ms += got.upstream_ms
-
-
-def _ids(claim: Claim) -> dict[str, Any]:
-    return {"job_id": str(claim.job_id), "npc_id": str(claim.npc_id), "attempt": claim.attempt}
-
-
-def log_ids(claim: Claim) -> dict[str, Any]:
-    return _ids(claim)

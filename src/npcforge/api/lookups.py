@@ -1,0 +1,83 @@
+"""Job status lookups coalesced into one query per batch.
+
+Pollers arrive many at a time. Instead of one pool round trip per poll, lookups that arrive
+while a query is running wait for the next one, which fetches all of their rows with
+`id = ANY($1)`. A lone poll still runs at once; under load the batches grow by themselves.
+Every answer comes from a query that started after the poll arrived, so nothing is stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+from npcforge.db.queries import q
+
+MAX_BATCH = 256
+
+
+class JobStatusLookups:
+    def __init__(self, pool: Any, *, max_batch: int = MAX_BATCH, max_in_flight: int = 2) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._waiting: dict[UUID, list[asyncio.Future[Any]]] = {}
+        self._in_flight = 0
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def fetch(self, npc_id: UUID) -> Any:
+        """The `job_status_many` row of this NPC, or None when there is no such row."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(npc_id, []).append(future)
+        self._schedule_flush()
+        return await future
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled or self._in_flight >= self._max_in_flight or not self._waiting:
+            return
+        self._flush_scheduled = True
+        # Next loop turn: polls parsed in this one join the same batch.
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._in_flight >= self._max_in_flight or not self._waiting:
+            return
+        batch: dict[UUID, list[asyncio.Future[Any]]] = {}
+        for npc_id in list(self._waiting)[: self._max_batch]:
+            batch[npc_id] = self._waiting.pop(npc_id)
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: dict[UUID, list[asyncio.Future[Any]]]) -> None:
+        try:
+            rows = await self._pool.fetch(q("job_status_many"), list(batch))
+        except asyncio.CancelledError:
+            for futures in batch.values():
+                for future in futures:
+                    future.cancel()
+            raise
+        except Exception as exc:
+            for futures in batch.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+        else:
+            found = {row["npc_id"]: row for row in rows}
+            for npc_id, futures in batch.items():
+                row = found.get(npc_id)
+                for future in futures:
+                    if not future.done():  # the poller may have gone away
+                        future.set_result(row)
+        finally:
+            self._in_flight -= 1
+            self._schedule_flush()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
