@@ -28,6 +28,7 @@ class ScriptedProvider:
 
     def __init__(self) -> None:
         self.inner = TemplateProvider()
+        self.paused_for = 0.0  # as a fleet-wide upstream pause would report it
         self.errors: list[JobError] = []
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()

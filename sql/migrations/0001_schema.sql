@@ -395,8 +395,15 @@ END
 $$;
 
 DROP TRIGGER IF EXISTS trg_npcs_set_updated_at ON npcs;
-CREATE TRIGGER trg_npcs_set_updated_at BEFORE UPDATE ON npcs
-  FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+-- `updated_at` is the record's last change: queue bookkeeping (claims, lease renewals) leaves it.
+CREATE TRIGGER trg_npcs_set_updated_at BEFORE UPDATE OF
+    owner_id, client_request_id, status, system, implementation_type, name, script, walk_interval,
+    floor_change, health_now, health_max, look_type, look_type_id, look_item_id, look_head,
+    look_body, look_legs, look_feet, look_addons, look_mount, greet_message, farewell_message,
+    decline_message, no_shop_message, on_close_shop_message, focus_enabled, travel_enabled,
+    voice_enabled, shop_enabled, keywords_enabled, shop_mode, shop_message_buy, shop_message_sell,
+    content_size_bytes, published_at, first_published_at, deleted_at
+  ON npcs FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 DROP TRIGGER IF EXISTS trg_npcs_prevent_owner_change ON npcs;
 CREATE TRIGGER trg_npcs_prevent_owner_change BEFORE UPDATE OF owner_id ON npcs
   FOR EACH ROW EXECUTE FUNCTION prevent_npc_owner_change();

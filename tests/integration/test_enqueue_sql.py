@@ -191,3 +191,17 @@ async def test_database_caps_active_shop_items_and_keywords_at_255(conn):
         "VALUES ($1, 'sell', 'fits again', 1, 1)",
         npc_id,
     )
+
+
+async def test_queue_bookkeeping_leaves_the_records_updated_at(conn):
+    npc_id = await make_npc(conn)
+    before = await conn.fetchval("SELECT updated_at FROM npcs WHERE id = $1", npc_id)
+    await conn.execute("SELECT npcforge_enqueue($1)", npc_id)
+    await conn.execute(
+        "UPDATE npcs SET generation_job_status = 'processing', "
+        "generation_job_lease_expires_at = now() + interval '30 seconds' WHERE id = $1",
+        npc_id,
+    )
+    assert await conn.fetchval("SELECT updated_at FROM npcs WHERE id = $1", npc_id) == before
+    await conn.execute("UPDATE npcs SET name = name || ' II' WHERE id = $1", npc_id)
+    assert await conn.fetchval("SELECT updated_at FROM npcs WHERE id = $1", npc_id) > before

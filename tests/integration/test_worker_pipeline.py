@@ -187,3 +187,18 @@ async def test_sigterm_style_stop_hands_running_jobs_back(conn, db_dsn, storage_
         "SELECT outcome FROM npc_generation_attempts WHERE job_id = $1", job
     )
     assert outcome == "released"
+
+
+async def test_no_claims_while_the_upstream_has_paused_the_fleet(conn, db_dsn, storage_dir):
+    npc_id = await make_npc(conn)
+    paused = ScriptedProvider()
+    async with running_worker(db_dsn, storage_dir, provider=paused, poll_seconds=30):
+        paused.paused_for = 0.5
+        await conn.execute("SELECT npcforge_enqueue($1)", npc_id)
+        await asyncio.sleep(1.0)
+        row = await job_row(conn, npc_id)
+        assert row["status"] == "queued" and row["attempts"] == 0
+        assert paused.calls == 0
+        paused.paused_for = 0.0
+        row = await wait_status(conn, npc_id, "succeeded", timeout=5)
+    assert row["attempts"] == 1

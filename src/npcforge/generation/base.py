@@ -59,3 +59,9 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def upstream_pause(provider: Provider) -> float:
+    """Seconds the provider's fleet-wide pause still lasts; 0 for providers without one."""
+    pause = getattr(provider, "paused_for", 0.0)
+    return float(pause) if isinstance(pause, int | float) else 0.0

@@ -204,6 +204,11 @@ class OpenRouterProvider:
         )
         return Generated(xml=xml, stats=stats)
 
+    @property
+    def paused_for(self) -> float:
+        """How long the fleet still holds off upstream calls after a 429 (0 when not paused)."""
+        return float(getattr(self._gate, "paused_for", 0.0))
+
     async def close(self) -> None:
         """Close the session (when this provider opened it) and the rate gate it was given."""
         if self._owns_session and self._session is not None and not self._session.closed:

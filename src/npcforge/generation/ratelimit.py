@@ -29,9 +29,16 @@ class RateGate(Protocol):
         """Release what the gate holds (connections, tasks)."""
         ...
 
+    @property
+    def paused_for(self) -> float:
+        """Seconds the fleet still holds off upstream calls (0 when not paused)."""
+        ...
+
 
 class NoGate:
     """A gate that never waits: for a provider used without a database (no fleet to share)."""
+
+    paused_for = 0.0
 
     async def acquire(self) -> None:
         return None

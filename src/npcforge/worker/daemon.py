@@ -29,7 +29,7 @@ import asyncpg
 from npcforge.db.connect import create_pool
 from npcforge.db.queries import q
 from npcforge.errors import InternalError
-from npcforge.generation.base import Provider
+from npcforge.generation.base import Provider, upstream_pause
 from npcforge.metrics import WorkerMetrics
 from npcforge.storage.base import Storage
 from npcforge.worker.listener import Listener
@@ -436,7 +436,11 @@ class Worker:
             self._beat("claimer")
             timeout = self.poll_seconds
             free = self.free_slots
-            if free > 0:
+            pause = upstream_pause(self.provider)
+            if pause > 0:
+                # The upstream rate-limited the fleet: claiming now would only burn attempts.
+                timeout = min(timeout, pause)
+            elif free > 0:
                 from_notify = self._notified
                 self._notified = False
                 self._wake.clear()
