@@ -127,10 +127,12 @@ async def test_cap_holds_for_all_workers_together(conn, db_dsn, tmp_path):
     times = [call.received_at for call in calls]
     per_second = cap / 60
     # Any 60 s window holds at most the cap, and so does any scaled-down window: the gate spaces
-    # calls evenly. 30 ms of slack absorbs the network between the gate's slot and the arrival.
+    # calls evenly (slots every 0.5 s). Arrivals lag their slots by a scheduling delay that varies
+    # on a loaded machine, so a short window may catch one call more than its share, never two.
+    # Without the gate the 12 slots of the fleet would send all 20 calls at once.
     assert most_in_window(times, 60.0) <= cap
     for width in (1.0, 2.0, 5.0, 8.0):
-        assert most_in_window(times, width - 0.03) <= width * per_second, width
+        assert most_in_window(times, width) <= width * per_second + 1, width
     # ... and the fleet uses what the cap allows instead of crawling.
     span = max(times) - min(times)
     assert (len(times) - 1) / span >= 0.85 * per_second
