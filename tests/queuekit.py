@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,6 @@ from clikit import cli_env
 from standins.openrouter import OpenRouterStandin, RecordedRequest, Reply, openrouter_standin
 
 BUCKET = "npc-xml-files"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_env(dsn: str, storage_dir: Path, **extra: str) -> dict[str, str]:

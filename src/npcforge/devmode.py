@@ -142,6 +142,7 @@ async def run_dev(settings: Settings, *, host: str, port: int) -> int:
         storage = FilesystemStorage(settings.storage_dir, settings.bucket)
         await storage.ensure_bucket()
         worker = build_worker(settings, pg.dsn, storage=storage)
+        settings = settings.model_copy(update={"database_url": pg.dsn})
         app = create_app(settings, storage=storage, authenticator=NoAuth())
         server = _ServerWithoutSignals(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
@@ -152,12 +153,19 @@ async def run_dev(settings: Settings, *, host: str, port: int) -> int:
             server.should_exit = True
 
         install_signal_handlers(stop)
-        socket_dir = pg.dsn.split("host=", 1)[-1]
-        _say(f"npcforge dev: data in {home.resolve()}, API on http://{host}:{port}")
-        _say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
-        _say(f"  psql 'host={socket_dir} user=postgres dbname=postgres'")
-        _say(f"  UPDATE npcs SET generation_job_status = 'queued' WHERE id = '{sample_id}';")
-        _say("  Ctrl-C stops.")
-        await asyncio.gather(worker.run(), server.serve())
+        running = asyncio.gather(worker.run(), server.serve())
+        # Print the ready-to-paste lines only once both halves answer.
+        while not (server.started and worker.ready.is_set()):
+            if running.done():
+                break
+            await asyncio.sleep(0.02)
+        if not running.done():
+            socket_dir = pg.dsn.split("host=", 1)[-1]
+            _say(f"npcforge dev: data in {home.resolve()}, API on http://{host}:{port}")
+            _say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
+            _say(f"  psql 'host={socket_dir} user=postgres dbname=postgres'")
+            _say(f"  UPDATE npcs SET generation_job_status = 'queued' WHERE id = '{sample_id}';")
+            _say("  Ctrl-C stops.")
+        await running
         await worker.provider.close()
     return EXIT_OK

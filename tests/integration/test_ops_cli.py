@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import uuid
 
 from aiohttp import web
 
-from clikit import cli_env, run_cli
+from clikit import cli_env, free_port, run_cli
 from conftest import make_npc
 from workerkit import ScriptedProvider, job_row, running_worker, wait_status
 
@@ -122,12 +121,6 @@ async def test_cancel_running_job_stops_the_worker_at_next_renewal(conn, db_dsn,
 # --- doctor ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def fake_key_endpoint(valid_key: str):
     async def key(request: web.Request) -> web.Response:
@@ -141,7 +134,7 @@ async def fake_key_endpoint(valid_key: str):
     app.router.add_get("/api/v1/key", key)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:

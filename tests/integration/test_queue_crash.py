@@ -7,13 +7,13 @@ import asyncio
 import signal
 import time
 
+from clikit import free_port
 from conftest import make_npc, make_npcs, wait_for
 from npcforge.db.connect import connect
 from npcforge.db.npcs import load_npc
 from npcforge.generation.xmlrules import render_npc_xml
 from queuekit import (
     BUCKET,
-    free_port,
     model_env,
     npc_name,
     pause_process,

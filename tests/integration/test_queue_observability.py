@@ -8,9 +8,9 @@ import signal
 
 import aiohttp
 
+from clikit import free_port
 from conftest import make_npc
 from queuekit import (
-    free_port,
     model_env,
     npc_name,
     scrape_metrics,
