@@ -147,22 +147,12 @@ SELECT 1
    AND generation_job_status = 'processing'
    FOR UPDATE;
 
--- name: finish_succeeded
+-- name: finish_job
+-- The final status, fenced: 'succeeded' with the file's size ($6), or 'failed' with the error.
 UPDATE npcs
-   SET generation_job_status = 'succeeded',
-       generation_job_error = NULL,
-       content_size_bytes = $4,
-       generation_job_finished_at = now(),
-       generation_job_lease_owner = NULL,
-       generation_job_lease_token = NULL,
-       generation_job_lease_expires_at = NULL
- WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
-   AND generation_job_status = 'processing';
-
--- name: finish_failed
-UPDATE npcs
-   SET generation_job_status = 'failed',
-       generation_job_error = $4::jsonb,
+   SET generation_job_status = $4::generation_job_status,
+       generation_job_error = $5::jsonb,
+       content_size_bytes = coalesce($6, content_size_bytes),
        generation_job_finished_at = now(),
        generation_job_lease_owner = NULL,
        generation_job_lease_token = NULL,

@@ -203,8 +203,9 @@ class JobRunner:
                 # Still under the row lock: end this attempt in the same transaction.
                 return await self._finish_failed(conn, claim, failure)
             await conn.execute(
-                q("finish_succeeded"), claim.npc_id, claim.job_id, claim.lease_token, len(data)
-            )
+                q("finish_job"), claim.npc_id, claim.job_id, claim.lease_token, "succeeded",
+                None, len(data),
+            )  # fmt: skip
             outcome = Outcome("succeeded", stats=stats)
             await self.insert_attempt(conn, claim, outcome)
         return outcome
@@ -227,8 +228,8 @@ class JobRunner:
             outcome = Outcome("retry", error=error, stats=stats, retry_in=delay)
         else:
             status = await conn.execute(
-                q("finish_failed"), claim.npc_id, claim.job_id, claim.lease_token,
-                error.as_json(),
+                q("finish_job"), claim.npc_id, claim.job_id, claim.lease_token, "failed",
+                error.as_json(), None,
             )  # fmt: skip
             outcome = Outcome("failed", error=error, stats=stats)
         if status.endswith(" 0"):
