@@ -34,8 +34,11 @@ def _enable_keepalive(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def _server_settings(application_name: str) -> dict[str, str]:
-    return {"application_name": application_name}
+def _server_settings(application_name: str, *, synchronous_commit: bool = True) -> dict[str, str]:
+    settings = {"application_name": application_name}
+    if not synchronous_commit:
+        settings["synchronous_commit"] = "off"
+    return settings
 
 
 async def connect(dsn: str, *, application_name: str = "npcforge", timeout: float = 10.0) -> Any:
@@ -58,6 +61,7 @@ async def create_pool(
     application_name: str = "npcforge",
     keep_session: bool = False,
     command_timeout: float = 60.0,
+    synchronous_commit: bool = True,
 ) -> asyncpg.Pool:
     """A pool. `keep_session` saves the reset round trip on every release; asyncpg still rolls
     back an open transaction."""
@@ -70,7 +74,7 @@ async def create_pool(
         timeout=10.0,
         command_timeout=command_timeout,
         max_inactive_connection_lifetime=300.0,
-        server_settings=_server_settings(application_name),
+        server_settings=_server_settings(application_name, synchronous_commit=synchronous_commit),
     )
     assert pool is not None
     return pool

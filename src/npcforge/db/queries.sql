@@ -2,7 +2,8 @@
 -- Loaded once by npcforge.db.queries; reviewed and EXPLAINed as SQL.
 
 -- name: claim_jobs
--- Take up to $1 runnable jobs, oldest first, skipping rows other workers hold.
+-- Take up to $1 runnable jobs, oldest first, skipping rows other workers hold, and return each
+-- with its record (NULL columns when the NPC was deleted).
 WITH picked AS (
   SELECT id
     FROM npcs
@@ -11,8 +12,8 @@ WITH picked AS (
    ORDER BY generation_job_run_after, id
    LIMIT $1
    FOR UPDATE SKIP LOCKED
-)
-UPDATE npcs AS n
+), claimed AS (
+  UPDATE npcs AS n
    SET generation_job_status = 'processing',
        generation_job_attempts = n.generation_job_attempts + 1,
        generation_job_lease_owner = $2,
@@ -23,7 +24,11 @@ UPDATE npcs AS n
  WHERE n.id = picked.id
 RETURNING n.id, n.generation_job_id AS job_id, n.generation_job_lease_token AS lease_token,
           n.generation_job_attempts AS attempt, n.generation_job_queued_at AS queued_at,
-          n.generation_job_claimed_at AS claimed_at;
+          n.generation_job_claimed_at AS claimed_at
+)
+SELECT c.id AS claimed_id, c.job_id, c.lease_token, c.attempt, c.queued_at, c.claimed_at, r.*
+  FROM claimed c
+  LEFT JOIN npcforge_npc_records r ON r.id = c.id;
 
 -- name: adopt_lost_claims
 -- After a claim whose reply never arrived (the connection died around its commit): the rows
@@ -111,33 +116,18 @@ WITH expired AS (
 SELECT id, job_id, status, attempts, owner FROM taken;
 
 -- name: load_npc
--- The full record with its active shop items and keywords (keywords in sort order).
-SELECT n.id, n.owner_id, n.name, n.script, n.walk_interval, n.floor_change, n.health_now,
-       n.health_max, n.look_type::text AS look_type, n.look_type_id, n.look_item_id, n.look_head,
-       n.look_body, n.look_legs, n.look_feet, n.look_addons, n.look_mount, n.greet_message,
-       n.farewell_message, n.decline_message, n.no_shop_message, n.on_close_shop_message,
-       n.focus_enabled, n.travel_enabled, n.voice_enabled, n.shop_enabled,
-       n.shop_mode::text AS shop_mode, n.keywords_enabled,
-       coalesce((
-         SELECT jsonb_agg(jsonb_build_object(
-                  'list_type', s.list_type, 'name', s.name, 'item_id', s.item_id,
-                  'price', s.price, 'subtype', s.subtype, 'charges', s.charges,
-                  'real_name', s.real_name, 'container_item_id', s.container_item_id)
-                ORDER BY s.list_type, s.created_at, s.id)
-           FROM npc_shop_items s
-          WHERE s.npc_id = n.id AND s.deleted_at IS NULL), '[]'::jsonb) AS shop_items,
-       coalesce((
-         SELECT jsonb_agg(jsonb_build_object(
-                  'response', k.response,
-                  'phrases', coalesce((
-                    SELECT jsonb_agg(p.phrase ORDER BY p.created_at, p.id)
-                      FROM npc_keyword_phrases p
-                     WHERE p.keyword_id = k.id AND p.deleted_at IS NULL), '[]'::jsonb))
-                ORDER BY k.sort_index, k.created_at, k.id)
-           FROM npc_keywords k
-          WHERE k.npc_id = n.id AND k.deleted_at IS NULL), '[]'::jsonb) AS keywords
+SELECT * FROM npcforge_npc_records WHERE id = $1;
+
+-- name: lock_jobs_for_publish
+-- Fencing for a batch: hold every row that is still this claim's while the XML is uploaded; a
+-- newer job (force) or a cancel waits. Rows not returned were fenced off. Locks in id order.
+SELECT n.generation_job_lease_token AS lease_token
   FROM npcs n
- WHERE n.id = $1 AND n.deleted_at IS NULL;
+  JOIN unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS j(id, job_id, token)
+    ON n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
+ WHERE n.generation_job_status = 'processing'
+ ORDER BY n.id
+   FOR UPDATE OF n;
 
 -- name: lock_job_for_publish
 -- Fencing: hold the row while the XML is uploaded; a newer job (force) or a cancel waits.
@@ -204,13 +194,14 @@ SELECT min(generation_job_run_after) - now() AS wait
  WHERE generation_job_status = 'queued';
 
 -- name: queue_stats
--- Depth counts every queued job; the age only counts jobs already due (a job in a long backoff
--- is not "stuck").
-SELECT count(*) AS depth,
-       coalesce(extract(epoch FROM now() - min(generation_job_run_after)
-                FILTER (WHERE generation_job_run_after <= now())), 0)::float8 AS oldest_age
-  FROM npcs
- WHERE generation_job_status = 'queued';
+-- Depth counts queued jobs (capped, so a huge backlog costs a bounded scan); the age only counts
+-- jobs already due (a job in a long backoff is not "stuck") and reads one index entry.
+SELECT (SELECT count(*) FROM (SELECT 1 FROM npcs WHERE generation_job_status = 'queued'
+          LIMIT 100000) AS capped) AS depth,
+       coalesce(extract(epoch FROM now() - (
+         SELECT min(generation_job_run_after) FROM npcs
+          WHERE generation_job_status = 'queued' AND generation_job_run_after <= now())), 0)::float8
+         AS oldest_age;
 
 -- name: worker_db_ping
 SELECT 1;

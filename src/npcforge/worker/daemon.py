@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from npcforge.db.connect import create_pool
+from npcforge.db.npcs import record_from_row
 from npcforge.db.queries import q
 from npcforge.errors import InternalError
 from npcforge.generation.base import Provider, upstream_pause
@@ -264,7 +265,12 @@ class Worker:
                 if self.pool is None:
                     self.pool = await self._wait_unless_stopped(self._new_pool(self.pool_size))
                 if self.control is None and self.pool is not None:
-                    self.control = await self._wait_unless_stopped(self._new_pool(3))
+                    # Claims, renewals and reaping may commit without waiting for the WAL flush:
+                    # one lost in a crash only leaves a row as it was (queued, or on its old
+                    # lease), and every finalize -- synchronous -- is fenced against that.
+                    self.control = await self._wait_unless_stopped(
+                        self._new_pool(3, synchronous_commit=False)
+                    )
             except DB_UNAVAILABLE as exc:
                 failures += 1
                 delay = _backoff(failures, cap=10.0)
@@ -281,7 +287,7 @@ class Worker:
         await self._close()
         return False
 
-    async def _new_pool(self, size: int) -> asyncpg.Pool:
+    async def _new_pool(self, size: int, *, synchronous_commit: bool = True) -> asyncpg.Pool:
         # No session state is ever changed on these connections (LISTEN has its own).
         return await create_pool(
             self.dsn,
@@ -289,6 +295,7 @@ class Worker:
             max_size=size,
             application_name="npcforge-worker",
             keep_session=True,
+            synchronous_commit=synchronous_commit,
         )
 
     async def _wait_unless_stopped(self, work: Awaitable[asyncpg.Pool]) -> asyncpg.Pool | None:
@@ -511,7 +518,7 @@ class Worker:
 
     async def _run_job(self, claim: Claim) -> None:
         assert self.runner is not None
-        log.info("job claimed", extra={**self._ids(claim), "action": "claim"})
+        log.debug("job claimed", extra={**self._ids(claim), "action": "claim"})
         finished = False
         try:
             outcome = await self._attempt(claim)
@@ -714,13 +721,17 @@ class Worker:
 
 
 def _claim_of(row: Any) -> Claim:
+    """A claim from a claim_jobs row (which carries the record) or an adopt_lost_claims row."""
+    with_record = "claimed_id" in row
     return Claim(
-        npc_id=row["id"],
+        npc_id=row["claimed_id"] if with_record else row["id"],
         job_id=row["job_id"],
         lease_token=row["lease_token"],
         attempt=row["attempt"],
         queued_at=row["queued_at"],
         claimed_at=row["claimed_at"],
+        record=record_from_row(row) if with_record and row["id"] is not None else None,
+        record_loaded=with_record,
     )
 
 

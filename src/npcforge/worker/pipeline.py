@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -72,6 +73,9 @@ class Claim:
     abandoned: str | None = None
     # A finalize failed after it may have reached the server: its commit is in doubt.
     finalize_in_doubt: bool = False
+    # The record, when it came with the claim (None there means the NPC is deleted).
+    record: NpcRecord | None = None
+    record_loaded: bool = False
     # The attempt's product, kept across database outages: XML bytes or the failure.
     result: bytes | JobError | None = None
     stats: CallStats = field(default_factory=CallStats)
@@ -109,6 +113,7 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.job_deadline = job_deadline
         self.metrics = metrics
+        self.publisher = BatchPublisher(self.publish_batch)
 
     # --- generation ---------------------------------------------------------------------
 
@@ -159,7 +164,10 @@ class JobRunner:
 
     async def _produce(self, claim: Claim) -> bytes | JobError:
         stats = claim.stats
-        npc = await load_npc(self.pool, claim.npc_id)  # database errors go to the caller
+        if claim.record_loaded:
+            npc = claim.record
+        else:
+            npc = await load_npc(self.pool, claim.npc_id)  # database errors go to the caller
         if npc is None:
             return NpcNotFound("the NPC does not exist or was deleted")
         gen_started = time.monotonic()
@@ -180,35 +188,62 @@ class JobRunner:
         return xml.encode("utf-8")
 
     async def publish(self, claim: Claim, data: bytes) -> Outcome:
-        """Upload and mark succeeded while holding the row: nothing newer can interleave."""
-        stats = claim.stats
+        """Upload and mark succeeded while holding the row: nothing newer can interleave.
+
+        Jobs that finish together are published together (one transaction, one WAL flush)."""
+        return await self.publisher.submit(claim, data)
+
+    async def publish_batch(self, batch: list[tuple[Claim, bytes]]) -> list[Outcome]:
+        """Publish finished jobs in one transaction. Each is fenced on its own: a job that is no
+        longer its claim's is discarded, an upload that fails ends only its own attempt."""
         async with self.pool.acquire() as conn, conn.transaction():
-            held = await conn.fetchval(
-                q("lock_job_for_publish"), claim.npc_id, claim.job_id, claim.lease_token
-            )
-            if held is None:
-                return await self._fenced_off(conn, claim, None)
-            upload_started = time.monotonic()
-            try:
-                await self.storage.put(xml_key(claim.npc_id), data)
-            except JobError as exc:
-                failure: JobError | None = exc
-            except Exception as exc:
-                failure = StorageError(f"storage upload failed ({type(exc).__name__})")
-            else:
-                failure = None
-            finally:
-                self.metrics.upload_latency.observe(time.monotonic() - upload_started)
-            if failure is not None:
-                # Still under the row lock: end this attempt in the same transaction.
-                return await self._finish_failed(conn, claim, failure)
-            await conn.execute(
-                q("finish_job"), claim.npc_id, claim.job_id, claim.lease_token, "succeeded",
-                None, len(data),
-            )  # fmt: skip
-            outcome = Outcome("succeeded", stats=stats)
-            await self.insert_attempt(conn, claim, outcome)
-        return outcome
+            held = {
+                row["lease_token"]
+                for row in await conn.fetch(
+                    q("lock_jobs_for_publish"),
+                    [claim.npc_id for claim, _ in batch],
+                    [claim.job_id for claim, _ in batch],
+                    [claim.lease_token for claim, _ in batch],
+                )
+            }
+            mine = [(claim, data) for claim, data in batch if claim.lease_token in held]
+            failures = await asyncio.gather(*(self._upload(claim, data) for claim, data in mine))
+            outcomes: dict[UUID, Outcome] = {}
+            done: list[tuple[Claim, bytes]] = []
+            for (claim, data), failure in zip(mine, failures, strict=True):
+                if failure is None:
+                    done.append((claim, data))
+                else:  # still under the row lock: end this attempt in the same transaction
+                    outcomes[claim.lease_token] = await self._finish_failed(conn, claim, failure)
+            if done:
+                await conn.executemany(
+                    q("finish_job"),
+                    [
+                        (c.npc_id, c.job_id, c.lease_token, "succeeded", None, len(d))
+                        for c, d in done
+                    ],
+                )
+                succeeded = [(claim, Outcome("succeeded", stats=claim.stats)) for claim, _ in done]
+                await conn.executemany(
+                    q("insert_attempt"), [self._attempt_args(c, o) for c, o in succeeded]
+                )
+                outcomes.update((claim.lease_token, outcome) for claim, outcome in succeeded)
+            for claim, _ in batch:
+                if claim.lease_token not in held:
+                    outcomes[claim.lease_token] = await self._fenced_off(conn, claim, None)
+        return [outcomes[claim.lease_token] for claim, _ in batch]
+
+    async def _upload(self, claim: Claim, data: bytes) -> JobError | None:
+        started = time.monotonic()
+        try:
+            await self.storage.put(xml_key(claim.npc_id), data)
+        except JobError as exc:
+            return exc
+        except Exception as exc:
+            return StorageError(f"storage upload failed ({type(exc).__name__})")
+        finally:
+            self.metrics.upload_latency.observe(time.monotonic() - started)
+        return None
 
     async def fail(self, claim: Claim, error: JobError) -> Outcome:
         """Requeue a retryable failure with backoff, or end the job failed; both fenced."""
@@ -255,10 +290,12 @@ class JobRunner:
             await self.insert_attempt(conn, claim, outcome)
 
     async def insert_attempt(self, conn: Any, claim: Claim, outcome: Outcome) -> None:
+        await conn.execute(q("insert_attempt"), *self._attempt_args(claim, outcome))
+
+    def _attempt_args(self, claim: Claim, outcome: Outcome) -> tuple[Any, ...]:
         stats, error = outcome.stats, outcome.error
         duration_ms = int((time.monotonic() - claim.started_mono) * 1000)
-        await conn.execute(
-            q("insert_attempt"),
+        return (
             claim.job_id, claim.npc_id, claim.attempt, self.worker_id, claim.claimed_at,
             outcome.status, error.code if error else None, error.message if error else None,
             stats.model, stats.generation_id, stats.request_id or (error.request_id if error else None),
@@ -292,3 +329,54 @@ def _merge_stats(into: CallStats, generated: Generated) -> None:
         into.cost = (into.cost or 0.0) + got.cost
     into.retries += got.retries
     into.upstream_ms += got.upstream_ms
+
+
+class BatchPublisher:
+    """Group commit for finished jobs: a job that finishes while other publishes are in flight
+    waits for the next batch instead of opening its own transaction. With nothing in flight a
+    job is published at once, so a lone job pays no extra latency."""
+
+    def __init__(
+        self,
+        publish: Callable[[list[tuple[Claim, bytes]]], Awaitable[list[Outcome]]],
+        *,
+        max_batch: int = 64,
+        max_in_flight: int = 4,
+    ) -> None:
+        self._publish = publish
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._waiting: list[tuple[Claim, bytes, asyncio.Future[Outcome]]] = []
+        self._in_flight = 0
+
+    async def submit(self, claim: Claim, data: bytes) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((claim, data, future))
+        self._start_batches()
+        return await future
+
+    def _start_batches(self) -> None:
+        while self._waiting and self._in_flight < self._max_in_flight:
+            batch, self._waiting = (
+                self._waiting[: self._max_batch],
+                self._waiting[self._max_batch :],
+            )
+            self._in_flight += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[Claim, bytes, asyncio.Future[Outcome]]]) -> None:
+        try:
+            outcomes = await self._publish([(claim, data) for claim, data, _ in batch])
+        except BaseException as exc:  # every job in the batch sees the failure (and retries)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            self._in_flight -= 1
+            self._start_batches()
