@@ -137,18 +137,21 @@ SELECT 1
    AND generation_job_status = 'processing'
    FOR UPDATE;
 
--- name: finish_job
--- The final status, fenced: 'succeeded' with the file's size ($6), or 'failed' with the error.
-UPDATE npcs
-   SET generation_job_status = $4::generation_job_status,
-       generation_job_error = $5::jsonb,
-       content_size_bytes = coalesce($6, content_size_bytes),
+-- name: finish_jobs
+-- Final statuses for a batch of claims, each fenced: 'succeeded' with the file's size, or
+-- 'failed' with the error document. Rows that are no longer their claim's are left alone.
+UPDATE npcs AS n
+   SET generation_job_status = j.status,
+       generation_job_error = j.error,
+       content_size_bytes = coalesce(j.size, n.content_size_bytes),
        generation_job_finished_at = now(),
        generation_job_lease_owner = NULL,
        generation_job_lease_token = NULL,
        generation_job_lease_expires_at = NULL
- WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
-   AND generation_job_status = 'processing';
+  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::generation_job_status[], $5::jsonb[],
+              $6::integer[]) AS j(id, job_id, token, status, error, size)
+ WHERE n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
+   AND n.generation_job_status = 'processing';
 
 -- name: requeue_for_retry
 -- Hand the job back with its id and attempt count; it runs again after $4 seconds.
@@ -170,11 +173,15 @@ UPDATE npcs
    AND generation_job_lease_token = ANY($2::uuid[])
 RETURNING id;
 
--- name: insert_attempt
+-- name: insert_attempts
+-- One row per attempt, for any number of attempts at once (arrays in column order).
 INSERT INTO npc_generation_attempts (
   job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message, model,
   generation_id, request_id, prompt_tokens, completion_tokens, cost, retries, duration_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16);
+SELECT *
+  FROM unnest($1::uuid[], $2::uuid[], $3::integer[], $4::text[], $5::timestamptz[], $6::text[],
+              $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::integer[],
+              $13::integer[], $14::numeric[], $15::integer[], $16::integer[]);
 
 -- name: committed_attempt_outcome
 -- A finalize whose reply was lost: did it commit? Its attempt row was written in the same

@@ -362,9 +362,9 @@ class Worker:
                 ):
                     rows = await conn.fetch(q("release_jobs"), self.worker_id, tokens)
                     released = {row["id"] for row in rows}
-                    for claim in claims:
-                        if claim.npc_id in released:
-                            await self.runner.insert_attempt(conn, claim, Outcome("released"))
+                    await self.runner.insert_attempts(
+                        conn, [(c, Outcome("released")) for c in claims if c.npc_id in released]
+                    )
                 break
             except DB_UNAVAILABLE as exc:
                 failures += 1

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -216,17 +216,14 @@ class JobRunner:
                 else:  # still under the row lock: end this attempt in the same transaction
                     outcomes[claim.lease_token] = await self._finish_failed(conn, claim, failure)
             if done:
-                await conn.executemany(
-                    q("finish_job"),
-                    [
+                await conn.execute(
+                    q("finish_jobs"), *_columns(
                         (c.npc_id, c.job_id, c.lease_token, "succeeded", None, len(d))
                         for c, d in done
-                    ],
-                )
+                    )
+                )  # fmt: skip
                 succeeded = [(claim, Outcome("succeeded", stats=claim.stats)) for claim, _ in done]
-                await conn.executemany(
-                    q("insert_attempt"), [self._attempt_args(c, o) for c, o in succeeded]
-                )
+                await self.insert_attempts(conn, succeeded)
                 outcomes.update((claim.lease_token, outcome) for claim, outcome in succeeded)
             for claim, _ in batch:
                 if claim.lease_token not in held:
@@ -263,8 +260,9 @@ class JobRunner:
             outcome = Outcome("retry", error=error, stats=stats, retry_in=delay)
         else:
             status = await conn.execute(
-                q("finish_job"), claim.npc_id, claim.job_id, claim.lease_token, "failed",
-                error.as_json(), None,
+                q("finish_jobs"), *_columns(
+                    [(claim.npc_id, claim.job_id, claim.lease_token, "failed", error.as_json(), None)]
+                )
             )  # fmt: skip
             outcome = Outcome("failed", error=error, stats=stats)
         if status.endswith(" 0"):
@@ -290,7 +288,14 @@ class JobRunner:
             await self.insert_attempt(conn, claim, outcome)
 
     async def insert_attempt(self, conn: Any, claim: Claim, outcome: Outcome) -> None:
-        await conn.execute(q("insert_attempt"), *self._attempt_args(claim, outcome))
+        await self.insert_attempts(conn, [(claim, outcome)])
+
+    async def insert_attempts(self, conn: Any, attempts: list[tuple[Claim, Outcome]]) -> None:
+        """One statement for any number of attempt rows."""
+        if not attempts:
+            return
+        rows = [self._attempt_args(claim, outcome) for claim, outcome in attempts]
+        await conn.execute(q("insert_attempts"), *_columns(rows))
 
     def _attempt_args(self, claim: Claim, outcome: Outcome) -> tuple[Any, ...]:
         stats, error = outcome.stats, outcome.error
@@ -314,6 +319,11 @@ def log_fields(claim: Claim, worker_id: str) -> dict[str, Any]:
         "attempt": claim.attempt,
         "worker_id": worker_id,
     }
+
+
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows to column arrays, the shape `unnest($1::…[], $2::…[], …)` statements take."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _merge_stats(into: CallStats, generated: Generated) -> None:
