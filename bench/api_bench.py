@@ -332,15 +332,12 @@ trivial endpoint pays too; the handler itself is under 20 %. What was done to ge
 - **Cheaper answers.** pydantic-core writes the JSON bytes directly; metric label children are
   looked up once per route and status.
 
-What remains in `succeeded` is the storage read: it costs the server about 150 µs more CPU per
-request than `processing`. Most of that is the hop to a worker thread and back
-(`FilesystemStorage.get` runs the read with `asyncio.to_thread`: a thread wake-up, the GIL handed
-over twice, the loop woken through its self-pipe), measured alone at 60–80 µs of CPU per call
-against about 10 µs for the read itself. Two changes would close most of the gap, and neither was
-made: reading small objects inline on the event loop (blocks the loop on disk) or keeping
-succeeded XML in the API's memory (a file removed from storage would still be served instead of
-`404 XML_NOT_FOUND`). A poller reads the XML once, when its job has succeeded; the polls before
-that are the `processing` row.
+What remains in `succeeded` is its extra work per request over `processing`: reading the file
+(inline now: `FilesystemStorage.get` no longer hops to a worker thread, which alone cost 60–80 µs
+per call against about 10 µs for the read), decoding it, and serializing a response that carries
+the whole XML as an escaped JSON string. Keeping succeeded XML in the API's memory would remove
+it but serve a file removed from storage instead of `404 XML_NOT_FOUND`. A poller reads the XML
+once, when its job has succeeded; the polls before that are the `processing` row.
 
 - Run: {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}, `python bench/api_bench.py
   --duration {args.duration:g} --connections {args.connections} --rounds {args.rounds}`;

@@ -289,8 +289,8 @@ def report(cluster: h.Cluster, args: argparse.Namespace, data: dict[str, Any]) -
             claim_rows.append([other, stats, "–", h.summary(section[other]["execution_ms"], 3)])
     return "\n".join(
         [
-            "> Preliminary: measured while other engineers' test suites ran on the same 2-core "
-            "machine. Re-run before quoting.",
+            "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
+            "absolute numbers across runs.",
             "",
             h.environment_block(
                 cluster,

@@ -101,8 +101,8 @@ def report(
 ) -> str:
     results = data["results"]
     lines = [
-        "> Preliminary: measured while other engineers' test suites ran on the same 2-core "
-        "machine, and while the worker was being optimized. Re-run before quoting.",
+        "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
+        "absolute numbers across runs.",
         "",
         environment
         or h.environment_block(

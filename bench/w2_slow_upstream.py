@@ -29,8 +29,8 @@ def report(
     results = data["results"]
     ideal = args.jobs / args.concurrency[0] * args.delay_ms / 1000
     lines = [
-        "> Preliminary: measured while other engineers' test suites ran on the same 2-core "
-        "machine, and while the worker was being optimized. Re-run before quoting.",
+        "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
+        "absolute numbers across runs.",
         "",
         environment
         or h.environment_block(

@@ -265,8 +265,8 @@ def report(cluster: h.Cluster, args: argparse.Namespace, data: dict[str, Any]) -
     lag = [r["server_commit_ts_to_ack"]["p50"] for r in data["results"]]
     return "\n".join(
         [
-            "> Preliminary: measured while other engineers' test suites ran on the same 2-core "
-            "machine, and while the worker was being optimized. Re-run before quoting.",
+            "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
+            "absolute numbers across runs.",
             "",
             h.environment_block(
                 cluster,
