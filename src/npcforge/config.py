@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     openrouter_max_retry_after_seconds: float = Field(
         default=20.0, ge=0, alias="OPENROUTER_MAX_RETRY_AFTER_SECONDS"
     )
-    openrouter_max_connections: int = Field(default=64, ge=1, alias="OPENROUTER_MAX_CONNECTIONS")
+    # Unset: 64, or NPCFORGE_CONCURRENCY when that is larger (a slot never waits for a socket).
+    openrouter_max_connections: int | None = Field(
+        default=None, ge=1, alias="OPENROUTER_MAX_CONNECTIONS"
+    )
 
     provider: Literal["openrouter", "template"] = Field(
         default="openrouter", alias="NPCFORGE_PROVIDER"
@@ -103,13 +106,22 @@ class Settings(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator(
-        "openrouter_requests_per_minute", "metrics_port", "log_format", "jwks_url", mode="before"
+        "openrouter_requests_per_minute",
+        "openrouter_max_connections",
+        "metrics_port",
+        "log_format",
+        "jwks_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     # --- derived values -------------------------------------------------------------------
+
+    @property
+    def effective_openrouter_connections(self) -> int:
+        return self.openrouter_max_connections or max(64, self.concurrency)
 
     @property
     def effective_jwks_url(self) -> str | None:

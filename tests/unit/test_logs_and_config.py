@@ -70,3 +70,12 @@ def test_csv_settings_and_secrets_are_not_echoed(monkeypatch):
     settings = load_settings()
     assert settings.openrouter_fallback_models == ["a/b", "c/d"]
     assert "very-secret" not in repr(settings)
+
+
+def test_provider_connections_follow_concurrency_unless_set():
+    from npcforge.config import Settings
+
+    assert Settings().effective_openrouter_connections == 64
+    assert Settings(NPCFORGE_CONCURRENCY=100).effective_openrouter_connections == 100
+    explicit = Settings(NPCFORGE_CONCURRENCY=100, OPENROUTER_MAX_CONNECTIONS=2)
+    assert explicit.effective_openrouter_connections == 2

@@ -332,9 +332,7 @@ class OpenRouterProvider:
     def _client(self) -> aiohttp.ClientSession:
         # No await between the check and the assignment: concurrent callers share one session.
         if self._session is None or (self._owns_session and self._session.closed):
-            # Never fewer connections than job slots, or slots would queue for a socket.
-            limit = max(self._settings.openrouter_max_connections, self._settings.concurrency)
-            connector = aiohttp.TCPConnector(limit=limit)
+            connector = aiohttp.TCPConnector(limit=self._settings.effective_openrouter_connections)
             self._session = aiohttp.ClientSession(connector=connector)
             self._owns_session = True
         return self._session
