@@ -25,9 +25,11 @@ from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import MigrationError, migrate
 from npcforge.db.queries import q
+from npcforge.errors import StorageError
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from npcforge.importer import ImportError_, insert_npc, parse_npc, read_npc_file
 from npcforge.logs import configure_logging
+from npcforge.storage.base import Storage
 
 log = logging.getLogger("npcforge")
 
@@ -92,20 +94,13 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_conn(settings, body)
 
 
-async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from npcforge.compose import build_worker, check_worker_config
-    from npcforge.errors import StorageError
-    from npcforge.storage.factory import build_storage
-    from npcforge.worker.metrics_server import serve_metrics
-
-    check_worker_config(settings)
-    storage = build_storage(settings)
+async def _check_storage_at_start(storage: Storage) -> None:
+    """A permanent storage problem stops the worker (exit 2, naming the fix); a blip does not."""
     try:
         await storage.check()
     except StorageError as exc:
         code = (exc.details or {}).get("storageCode")
         if not exc.retryable:
-            await storage.close()
             if code == "NoSuchBucket":
                 raise ConfigError(
                     f"storage bucket {storage.bucket!r} does not exist ({storage!r}); create it "
@@ -126,12 +121,23 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             "storage unreachable at start; starting anyway",
             extra={"storage": storage.name, "storage_code": code, "error": exc.message},
         )
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from npcforge.compose import build_worker, check_worker_config
+    from npcforge.storage.factory import build_storage
+    from npcforge.worker.metrics_server import serve_metrics
+
+    check_worker_config(settings)
+    storage = build_storage(settings)
     worker = build_worker(settings, settings.require_database_url(), storage=storage)
+    # Handlers first: a SIGTERM during the start-up checks stops the worker before it claims.
     install_signal_handlers(worker.stop)
     metrics_server = None
-    if settings.metrics_port is not None:
-        metrics_server = await serve_metrics(worker, "0.0.0.0", settings.metrics_port)  # noqa: S104
     try:
+        await _check_storage_at_start(storage)
+        if settings.metrics_port is not None:
+            metrics_server = await serve_metrics(worker, "0.0.0.0", settings.metrics_port)  # noqa: S104
         await worker.run()
     finally:
         if metrics_server is not None:
@@ -215,7 +221,6 @@ async def cmd_npc_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_storage_ensure_bucket(settings: Settings, args: argparse.Namespace) -> int:
-    from npcforge.errors import StorageError
     from npcforge.storage.factory import build_storage
 
     storage = build_storage(settings)

@@ -159,3 +159,25 @@ async def test_ensure_bucket_exits_1_when_storage_is_unreachable(tmp_path: Path)
     assert result.code == 1, result
     assert "unreachable" in result.err
     assert "Traceback" not in result.err
+
+
+async def test_sigterm_during_the_start_up_storage_check_exits_0_without_claiming(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as standin:
+        standin.fail_next("slow", 1, delay=8.0)  # the bucket check hangs
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "npcforge", "worker",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=supabase_env(standin.url, dsn=db_dsn), cwd=tmp_path,
+        )  # fmt: skip
+        async with asyncio.timeout(15):
+            while not standin.requests:  # the check has reached storage
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    messages = [
+        json.loads(line)["msg"] for line in err.decode().splitlines() if line.startswith("{")
+    ]
+    assert "worker started" not in messages
