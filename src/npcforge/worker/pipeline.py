@@ -250,9 +250,11 @@ class JobRunner:
     async def _finish_failed(self, conn: Any, claim: Claim, error: JobError) -> Outcome:
         stats = claim.stats
         if error.retryable and claim.attempt < self.max_attempts:
-            delay = error.retry_after if error.retry_after is not None else None
-            if delay is None:
-                delay = backoff_seconds(claim.attempt)
+            delay = (
+                error.retry_after
+                if error.retry_after is not None
+                else backoff_seconds(claim.attempt)
+            )
             status = await conn.execute(
                 q("requeue_for_retry"), claim.npc_id, claim.job_id, claim.lease_token,
                 float(delay), error.as_json(),
