@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from npcforge.config import ConfigError, Settings
 from npcforge.errors import StorageError
 from npcforge.storage.base import Storage
 from npcforge.storage.factory import build_storage
-from npcforge.storage.filesystem import FilesystemStorage
+from npcforge.storage.filesystem import FileIdentity, FilesystemStorage, RecentObjects
 from npcforge.storage.supabase import (
     MAX_DOWNLOAD_BYTES,
     XML_CONTENT_TYPE,
@@ -463,3 +464,69 @@ def test_gateway_rejection_of_the_key_reads_as_access_denied():
     assert error.details is not None
     assert error.details["storageCode"] == "AccessDenied"
     assert error.retryable is False
+
+
+# --- filesystem read cache ----------------------------------------------------------------------
+
+
+async def _settle() -> None:
+    """Wait until the last change is older than the cache's "settled" age (0.1 s)."""
+    await asyncio.sleep(0.15)
+
+
+async def test_filesystem_serves_a_settled_object_from_memory_only_while_the_file_is_unchanged(
+    tmp_path: Path,
+) -> None:
+    storage = FilesystemStorage(tmp_path, BUCKET)
+    await storage.ensure_bucket()
+    path = tmp_path / BUCKET / KEY
+    await storage.put(KEY, npc_xml("Cached"))
+    await _settle()
+    first = await storage.get(KEY)
+    assert first == npc_xml("Cached")
+    assert await storage.get(KEY) is first  # the same object: kept, not read again
+
+    # Rewritten in place by something else, same size and inode: the change is still seen.
+    changed = npc_xml("Cachee")
+    assert len(changed) == len(first)
+    with path.open("r+b") as handle:
+        handle.write(changed)
+    assert await storage.get(KEY) == changed
+
+    # Replaced by a put, then deleted behind the storage's back: never served from memory.
+    await storage.put(KEY, npc_xml("Newer"))
+    assert await storage.get(KEY) == npc_xml("Newer")
+    await _settle()
+    assert await storage.get(KEY) == npc_xml("Newer")
+    path.unlink()
+    assert await storage.get(KEY) is None
+
+
+async def test_filesystem_does_not_keep_a_file_changed_moments_ago(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path, BUCKET)
+    await storage.ensure_bucket()
+    await storage.put(KEY, npc_xml("Fresh"))
+    first = await storage.get(KEY)
+    second = await storage.get(KEY)
+    assert first == second == npc_xml("Fresh")
+    assert second is not first  # read from the file both times
+
+
+def test_recent_objects_stay_within_their_byte_budget() -> None:
+    recent = RecentObjects(budget=100, largest=60)
+    settled = time.time_ns() - 10**10
+
+    def identity(size: int, ino: int) -> FileIdentity:
+        return (1, ino, size, settled, settled)
+
+    recent.put("a", identity(50, 1), b"a" * 50)
+    recent.put("b", identity(40, 2), b"b" * 40)
+    recent.put("big", identity(61, 3), b"x" * 61)  # larger than any object kept
+    assert recent.get("a", identity(50, 1)) == b"a" * 50
+    assert recent.get("big", identity(61, 3)) is None
+    recent.put("c", identity(30, 4), b"c" * 30)  # 120 > 100: the oldest entry goes
+    assert recent.get("a", identity(50, 1)) is None
+    assert recent.get("b", identity(40, 2)) == b"b" * 40
+    assert recent.get("c", identity(30, 4)) == b"c" * 30
+    assert recent.get("c", identity(30, 5)) is None  # another file under the same path
+    assert recent.get("c", identity(30, 4)) is None  # and the stale entry was dropped

@@ -40,7 +40,17 @@ def parse_path(request: Request, model: type[M]) -> M:
         ) from None  # fmt: skip
 
 
+_NO_QUERY: dict[type[BaseModel], BaseModel] = {}
+
+
 def parse_query(request: Request, model: type[M]) -> M:
+    if not request.scope.get("query_string"):
+        # Most requests carry no query string: validate a model's defaults once, not per request.
+        parsed = _NO_QUERY.get(model)
+        if parsed is None:
+            parsed = _NO_QUERY[model] = model.model_validate({})
+        assert isinstance(parsed, model)
+        return parsed
     items = request.query_params.multi_items()
     values: dict[str, Any] = {}
     repeated: dict[str, list[str]] = {}

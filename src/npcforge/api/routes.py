@@ -5,8 +5,9 @@ The table `ENDPOINTS` is what both the router and /openapi.json are built from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -43,10 +44,23 @@ from npcforge.storage.base import xml_key
 JSON = "application/json"
 
 
+class JsonReply(Response):
+    """A JSON document already in bytes; every such answer carries the same headers."""
+
+    media_type = JSON
+    _fixed_headers: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"content-type", JSON.encode()),
+        *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
+    ]
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        assert headers is None and isinstance(self.body, bytes)
+        self.raw_headers = [(b"content-length", b"%d" % len(self.body)), *self._fixed_headers]
+
+
 def json_reply(model: BaseModel, status: int = 200) -> Response:
     # pydantic-core writes the JSON bytes itself: no dict round-trip, no json.dumps.
-    body = model.__pydantic_serializer__.to_json(model)
-    return Response(body, status_code=status, media_type=JSON, headers=NO_STORE)
+    return JsonReply(model.__pydantic_serializer__.to_json(model), status_code=status)
 
 
 async def principal_of(request: Request) -> Principal:
