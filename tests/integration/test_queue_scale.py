@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from conftest import make_npcs
+from conftest import make_npc, make_npcs
 from npcforge.db.queries import q
 from queuekit import job_counts, wait_all, worker_env, worker_processes
 from standins.supabase_storage import running_storage_standin
@@ -133,3 +133,23 @@ async def test_claim_reads_the_partial_index_and_stays_under_1_ms_at_100k_queued
         print(f"claim of {batch}: {sorted(times)} ms")
         typical = statistics.median(times) if batch == 1 else min(times)
         assert typical < 1.0, times
+
+
+async def test_the_claim_loads_only_the_claimed_records_whatever_the_table_holds(conn):
+    # Full NPCs (shop items, keywords with phrases): building a record is real work, so a plan
+    # that builds records for rows it then throws away grows with the table.
+    ids = [await make_npc(conn, name=f"Trader {n}") for n in range(150)]
+    await conn.execute(
+        "UPDATE npcs SET generation_job_status = 'queued' WHERE id = ANY($1::uuid[])", ids[40:42]
+    )
+    for _ in range(7):  # past the custom plans, into the generic plan of a prepared statement
+        plan = (await _explain_claim(conn, 5))["Plan"]
+        for node in _nodes(plan):
+            if node.get("Relation Name") == "npcs":
+                touched = node["Actual Rows"] * node["Actual Loops"]
+                assert touched <= 2, (node["Node Type"], node.get("Index Name"), touched)
+            if node.get("Parent Relationship") == "SubPlan" and node["Node Type"] == "Aggregate":
+                assert node["Actual Loops"] <= 2 * 3, node  # per record: 1 shop, 1 + 2 keywords
+    rows = await conn.fetch(q("claim_jobs"), 5, "test-worker", 30.0)
+    assert sorted(row["claimed_id"] for row in rows) == sorted(ids[40:42])
+    assert all(row["id"] == row["claimed_id"] and row["shop_items"] for row in rows)
