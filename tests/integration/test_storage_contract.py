@@ -530,3 +530,45 @@ def test_recent_objects_stay_within_their_byte_budget() -> None:
     assert recent.get("c", identity(30, 4)) == b"c" * 30
     assert recent.get("c", identity(30, 5)) is None  # another file under the same path
     assert recent.get("c", identity(30, 4)) is None  # and the stale entry was dropped
+
+
+# --- batch writes ---------------------------------------------------------------------------
+
+
+async def test_put_many_stores_each_object_and_fails_only_the_bad_ones(backend: Backend) -> None:
+    storage = backend.storage()
+    keys = [f"{n:08d}-0000-4000-8000-000000000000.xml" for n in range(5)]
+    items = [(key, npc_xml(f"Batch{n}")) for n, key in enumerate(keys)]
+    items.insert(2, ("../escape.xml", npc_xml("Evil")))
+    results = await storage.put_many(items)
+    assert len(results) == 6
+    bad = results.pop(2)
+    assert isinstance(bad, StorageError) and details_of(bad)["storageCode"] == "InvalidKey"
+    assert results == [None] * 5
+    for n, key in enumerate(keys):
+        assert await storage.get(key) == npc_xml(f"Batch{n}")
+
+
+async def test_put_many_into_a_missing_bucket_fails_every_item(backend: Backend) -> None:
+    storage = backend.storage("no-such-bucket")
+    results = await storage.put_many([(KEY, npc_xml("A")), ("other.xml", npc_xml("B"))])
+    assert len(results) == 2
+    for error in results:
+        assert isinstance(error, StorageError) and error.retryable is False
+        assert_storage_code(error, "NoSuchBucket", "404")
+
+
+async def test_filesystem_put_many_keeps_going_past_one_unwritable_key(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path, BUCKET)
+    await storage.ensure_bucket()
+    (tmp_path / BUCKET / "blocked.xml").mkdir()  # a directory where the object would go
+    results = await storage.put_many(
+        [("first.xml", npc_xml("First")), ("blocked.xml", npc_xml("X")), (KEY, npc_xml("Last"))]
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StorageError) and results[1].retryable is True
+    assert await storage.get("first.xml") == npc_xml("First")
+    assert await storage.get(KEY) == npc_xml("Last")
+    assert sorted(p.name for p in (tmp_path / BUCKET).iterdir()) == sorted(
+        ["first.xml", "blocked.xml", KEY]
+    )  # no temporary file left behind

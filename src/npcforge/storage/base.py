@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
 from npcforge.errors import StorageError
@@ -32,6 +34,10 @@ class Storage(Protocol):
         """Store `data` under `key`, replacing any previous object, all or nothing."""
         ...
 
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StorageError | None]:
+        """`put` each (key, data); per item None when stored, else its error. Never raises."""
+        ...
+
     async def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is no such object."""
         ...
@@ -45,3 +51,20 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def put_each(
+    storage: Storage, items: Sequence[tuple[str, bytes]]
+) -> list[StorageError | None]:
+    """`put_many` for backends without a batch write: the puts run concurrently."""
+
+    async def one(key: str, data: bytes) -> StorageError | None:
+        try:
+            await storage.put(key, data)
+        except StorageError as exc:
+            return exc
+        except Exception as exc:
+            return StorageError(f"storage upload failed ({type(exc).__name__})")
+        return None
+
+    return list(await asyncio.gather(*(one(key, data) for key, data in items)))

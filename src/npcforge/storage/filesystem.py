@@ -14,6 +14,7 @@ import os
 import stat
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from npcforge.config import ConfigError
@@ -129,7 +130,27 @@ class FilesystemStorage:
 
     async def put(self, key: str, data: bytes) -> None:
         target = self.path_for(key)
-        await asyncio.to_thread(self._write_atomically, target, bytes(data))
+        (error,) = await asyncio.to_thread(self._write_all, [(target, bytes(data))])
+        if error is not None:
+            raise error
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StorageError | None]:
+        # One hop to a worker thread for the whole batch, and one directory fsync.
+        results: list[StorageError | None] = [None] * len(items)
+        valid: list[int] = []
+        targets: list[tuple[Path, bytes]] = []
+        for index, (key, data) in enumerate(items):
+            try:
+                targets.append((self.path_for(key), bytes(data)))
+            except StorageError as exc:
+                results[index] = exc
+            else:
+                valid.append(index)
+        if targets:
+            written = await asyncio.to_thread(self._write_all, targets)
+            for index, error in zip(valid, written, strict=True):
+                results[index] = error
+        return results
 
     async def get(self, key: str) -> bytes | None:
         # Read inline: objects are small NPC files (<= 256 KiB), and a page-cache read costs less
@@ -158,27 +179,46 @@ class FilesystemStorage:
 
     # --- blocking parts, run via asyncio.to_thread ------------------------------------------
 
-    def _write_atomically(self, target: Path, data: bytes) -> None:
+    def _write_all(self, items: list[tuple[Path, bytes]]) -> list[StorageError | None]:
+        """Write each object atomically: every temporary file is written and fsynced, then each
+        is renamed over its key, then one fsync of the directory makes all the renames durable.
+        Per item None when stored, else its error; a failed item leaves no temporary file."""
         if not self.bucket_dir.is_dir():
-            raise _missing_bucket(self.bucket)
-        try:
-            fd, temp_name = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=self.bucket_dir
-            )
-        except OSError as exc:
-            raise _os_failure("write", exc) from None
+            return [_missing_bucket(self.bucket) for _ in items]
+        results: list[StorageError | None] = [None] * len(items)
+        staged: list[tuple[int, str, Path]] = []
+        for index, (target, data) in enumerate(items):
+            try:
+                staged.append((index, self._write_temp(target, data), target))
+            except OSError as exc:
+                results[index] = _os_failure("write", exc)
+        for index, temp_name, target in staged:
+            try:
+                os.replace(temp_name, target)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp_name)
+                results[index] = _os_failure("write", exc)
+        if staged:
+            self._sync_bucket_dir()
+        return results
+
+    def _write_temp(self, target: Path, data: bytes) -> str:
+        """A fsynced temporary file beside `target` holding `data`; its name."""
+        fd, temp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=self.bucket_dir
+        )
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fchmod(handle.fileno(), _OBJECT_MODE)
                 os.fsync(handle.fileno())
-            os.replace(temp_name, target)
-        except OSError as exc:
+        except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(temp_name)
-            raise _os_failure("write", exc) from None
-        self._sync_bucket_dir()
+            raise
+        return temp_name
 
     def _sync_bucket_dir(self) -> None:
         # Makes the rename itself durable; not every platform can open a directory.

@@ -16,7 +16,7 @@ as a permanent `ObjectTooLarge` failure, so a wrong or hostile object cannot exh
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -25,7 +25,7 @@ from storage3.exceptions import StorageApiError
 
 from npcforge.errors import StorageError
 from npcforge.generation.retry import parse_retry_after
-from npcforge.storage.base import check_key
+from npcforge.storage.base import check_key, put_each
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +280,9 @@ class SupabaseStorage:
             )
         except Exception as exc:
             raise self._failure(exc, "upload") from None
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StorageError | None]:
+        return await put_each(self, items)
 
     async def get(self, key: str) -> bytes | None:
         check_key(key)
