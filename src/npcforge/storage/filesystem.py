@@ -25,6 +25,7 @@ _OBJECT_MODE = 0o644
 _TEMP_SUFFIX = ".part"
 _CACHE_BYTES = 8 * 1024 * 1024  # recently read objects kept, in total
 _CACHE_OBJECT_BYTES = 256 * 1024  # larger objects are read every time
+_WRITER_THREADS = 4  # threads one put_many spreads its objects over
 _SETTLED_NS = 100_000_000  # a file changed more recently than this is not kept (see below)
 
 
@@ -135,7 +136,8 @@ class FilesystemStorage:
             raise error
 
     async def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StorageError | None]:
-        # One hop to a worker thread for the whole batch, and one directory fsync.
+        # A few worker threads share the batch (fsyncs overlap; one thread per object costs a
+        # hop each), then one directory fsync makes every rename durable.
         results: list[StorageError | None] = [None] * len(items)
         valid: list[int] = []
         targets: list[tuple[Path, bytes]] = []
@@ -146,9 +148,18 @@ class FilesystemStorage:
                 results[index] = exc
             else:
                 valid.append(index)
-        if targets:
-            written = await asyncio.to_thread(self._write_all, targets)
-            for index, error in zip(valid, written, strict=True):
+        if not targets:
+            return results
+        lanes = min(len(targets), _WRITER_THREADS)
+        written = await asyncio.gather(
+            *(
+                asyncio.to_thread(self._write_all, targets[lane::lanes], sync_dir=False)
+                for lane in range(lanes)
+            )
+        )
+        await asyncio.to_thread(self._sync_bucket_dir)
+        for lane, errors in enumerate(written):
+            for index, error in zip(valid[lane::lanes], errors, strict=True):
                 results[index] = error
         return results
 
@@ -179,10 +190,13 @@ class FilesystemStorage:
 
     # --- blocking parts, run via asyncio.to_thread ------------------------------------------
 
-    def _write_all(self, items: list[tuple[Path, bytes]]) -> list[StorageError | None]:
+    def _write_all(
+        self, items: list[tuple[Path, bytes]], *, sync_dir: bool = True
+    ) -> list[StorageError | None]:
         """Write each object atomically: every temporary file is written and fsynced, then each
-        is renamed over its key, then one fsync of the directory makes all the renames durable.
-        Per item None when stored, else its error; a failed item leaves no temporary file."""
+        is renamed over its key, then (unless the caller does it) one fsync of the directory
+        makes the renames durable. Per item None when stored, else its error; a failed item
+        leaves no temporary file."""
         if not self.bucket_dir.is_dir():
             return [_missing_bucket(self.bucket) for _ in items]
         results: list[StorageError | None] = [None] * len(items)
@@ -199,7 +213,7 @@ class FilesystemStorage:
                 with contextlib.suppress(OSError):
                     os.unlink(temp_name)
                 results[index] = _os_failure("write", exc)
-        if staged:
+        if staged and sync_dir:
             self._sync_bucket_dir()
         return results
 

@@ -9,6 +9,7 @@ job (a `force`) or a cancel waits for it instead of interleaving.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
@@ -194,9 +195,12 @@ class JobRunner:
         Jobs that finish together are published together (one transaction, one WAL flush)."""
         return await self.publisher.submit(claim, data)
 
-    async def publish_batch(self, batch: list[tuple[Claim, bytes]]) -> list[Outcome]:
+    async def publish_batch(
+        self, batch: list[tuple[Claim, bytes]], uploaded: Callable[[], None] = lambda: None
+    ) -> list[Outcome]:
         """Publish finished jobs in one transaction. Each is fenced on its own: a job that is no
-        longer its claim's is discarded, an upload that fails ends only its own attempt."""
+        longer its claim's is discarded, an upload that fails ends only its own attempt.
+        `uploaded` is called once the uploads are done and only database writes remain."""
         async with self.pool.acquire() as conn, conn.transaction():
             held = {
                 row["lease_token"]
@@ -209,6 +213,7 @@ class JobRunner:
             }
             mine = [(claim, data) for claim, data in batch if claim.lease_token in held]
             failures = await self._upload(mine)
+            uploaded()
             outcomes: dict[UUID, Outcome] = {}
             done: list[tuple[Claim, bytes]] = []
             for (claim, data), failure in zip(mine, failures, strict=True):
@@ -353,15 +358,18 @@ class BatchPublisher:
     """Group commit for finished jobs: one transaction, one WAL flush and one storage round for
     every job that finished while the previous batch was being published.
 
-    One batch is in flight at a time, so batches grow with the load (measured in W1: PostgreSQL
-    CPU per job halves against four small batches at once). A lone job is published at once. A
-    second batch starts only when the one in flight has run longer than `slow_after` (a slow or
-    stuck upload), up to `max_in_flight`, so one slow upload does not hold up every other job.
+    One batch uploads at a time, so batches grow with the load (measured in W1: PostgreSQL CPU
+    per job halves against four small batches at once). A lone job is published at once. The
+    next batch starts when the one before has finished uploading (its last database writes and
+    commit overlap the next upload), or when it has run longer than `slow_after` (a slow or stuck
+    upload), up to `max_in_flight` batches, so one slow upload does not hold up every other job.
     """
 
     def __init__(
         self,
-        publish: Callable[[list[tuple[Claim, bytes]]], Awaitable[list[Outcome]]],
+        publish: Callable[
+            [list[tuple[Claim, bytes]], Callable[[], None]], Awaitable[list[Outcome]]
+        ],
         *,
         max_batch: int = 64,
         max_in_flight: int = 4,
@@ -372,7 +380,9 @@ class BatchPublisher:
         self._max_in_flight = max_in_flight
         self._slow_after = slow_after
         self._waiting: list[tuple[Claim, bytes, asyncio.Future[Outcome]]] = []
-        self._started: list[float] = []  # loop time at which each batch in flight began
+        self._started: dict[int, float] = {}  # batch in flight -> loop time it began
+        self._uploading: set[int] = set()  # those of the batches still uploading
+        self._batch_ids = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -389,10 +399,11 @@ class BatchPublisher:
     def _start_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting and len(self._started) < self._max_in_flight:
-            slow_at = max(self._started, default=-math.inf) + self._slow_after
-            if self._started and loop.time() < slow_at:
-                # The batch in flight is still young: let the waiting jobs join the next one,
-                # unless it turns slow first.
+            slow_at = max((self._started[b] for b in self._uploading), default=-math.inf)
+            slow_at += self._slow_after
+            if self._uploading and loop.time() < slow_at:
+                # A batch is uploading and still young: let the waiting jobs join the next
+                # batch, which starts when this upload ends (or turns slow).
                 if self._timer is None:
                     self._timer = loop.call_at(slow_at, self._on_slow)
                 return
@@ -400,9 +411,10 @@ class BatchPublisher:
                 self._waiting[: self._max_batch],
                 self._waiting[self._max_batch :],
             )
-            began = loop.time()
-            self._started.append(began)
-            task = loop.create_task(self._run(batch, began))
+            batch_id = next(self._batch_ids)
+            self._started[batch_id] = loop.time()
+            self._uploading.add(batch_id)
+            task = loop.create_task(self._run(batch, batch_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -410,11 +422,18 @@ class BatchPublisher:
         self._timer = None
         self._start_batches()
 
+    def _uploaded(self, batch_id: int) -> None:
+        if batch_id in self._uploading:
+            self._uploading.discard(batch_id)
+            self._start_batches()
+
     async def _run(
-        self, batch: list[tuple[Claim, bytes, asyncio.Future[Outcome]]], began: float
+        self, batch: list[tuple[Claim, bytes, asyncio.Future[Outcome]]], batch_id: int
     ) -> None:
         try:
-            outcomes = await self._publish([(claim, data) for claim, data, _ in batch])
+            outcomes = await self._publish(
+                [(claim, data) for claim, data, _ in batch], lambda: self._uploaded(batch_id)
+            )
         except BaseException as exc:  # every job in the batch sees the failure (and retries)
             for _, _, future in batch:
                 if not future.done():
@@ -426,5 +445,6 @@ class BatchPublisher:
                 if not future.done():
                     future.set_result(outcome)
         finally:
-            self._started.remove(began)
+            del self._started[batch_id]
+            self._uploading.discard(batch_id)
             self._start_batches()
