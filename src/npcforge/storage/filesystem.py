@@ -153,11 +153,12 @@ class FilesystemStorage:
         lanes = min(len(targets), _WRITER_THREADS)
         written = await asyncio.gather(
             *(
-                asyncio.to_thread(self._write_all, targets[lane::lanes], sync_dir=False)
+                asyncio.to_thread(self._write_all, targets[lane::lanes], sync_dir=lanes == 1)
                 for lane in range(lanes)
             )
         )
-        await asyncio.to_thread(self._sync_bucket_dir)
+        if lanes > 1:
+            await asyncio.to_thread(self._sync_bucket_dir)
         for lane, errors in enumerate(written):
             for index, error in zip(valid[lane::lanes], errors, strict=True):
                 results[index] = error
