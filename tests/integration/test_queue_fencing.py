@@ -282,3 +282,55 @@ async def _has_outcome(conn, job_id, outcome: str) -> bool:
 
 async def _uploads_seen(storage: SupabaseStorageStandIn, npc_id: Any, count: int) -> bool:
     return uploads(storage, npc_id) >= count
+
+
+async def test_an_in_doubt_finalize_does_not_take_a_later_claim_of_the_same_attempt_as_its_own(
+    conn, db_dsn, tmp_path
+):
+    """An asynchronously committed claim can vanish in a crash of PostgreSQL: the job is queued
+    again at the same attempt number while the worker still holds the result of the lost claim,
+    and the same worker may claim it again. The old claim's in-doubt finalize must then see that
+    the `succeeded` attempt row belongs to the new claim, not to itself."""
+    from npcforge.db.connect import create_pool
+    from npcforge.generation.template import TemplateProvider
+    from npcforge.metrics import WorkerMetrics
+    from npcforge.storage.filesystem import FilesystemStorage
+    from npcforge.worker.daemon import _claim_of
+    from npcforge.worker.pipeline import JobRunner
+
+    npc_id = await make_npc(conn)
+    await conn.execute("UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1", npc_id)
+    (row,) = await conn.fetch(q("claim_jobs"), 1, "worker-1", 30.0)
+    lost = _claim_of(row)
+    # The claim's commit never reached the disk: as PostgreSQL sees it after the crash, the
+    # job is queued, not yet attempted.
+    await conn.execute(
+        "UPDATE npcs SET generation_job_status = 'queued', generation_job_attempts = 0 "
+        "WHERE id = $1",
+        npc_id,
+    )
+    (row,) = await conn.fetch(q("claim_jobs"), 1, "worker-1", 30.0)
+    again = _claim_of(row)
+    assert (again.job_id, again.attempt) == (lost.job_id, lost.attempt)
+
+    storage = FilesystemStorage(tmp_path, BUCKET)
+    await storage.ensure_bucket()
+    pool = await create_pool(db_dsn, max_size=2)
+    try:
+        runner = JobRunner(
+            pool=pool, provider=TemplateProvider(), storage=storage, worker_id="worker-1",
+            max_attempts=3, job_deadline=30.0, metrics=WorkerMetrics(),
+        )  # fmt: skip
+        assert (await runner.run(again)).status == "succeeded"
+        lost.result = b"<npc name='stale'/>"
+        lost.finalize_in_doubt = True  # its earlier finalize failed without an answer
+        outcome = await runner.run(lost)
+    finally:
+        await pool.close()
+
+    assert outcome.status == "discarded"
+    outcomes = await conn.fetch(
+        "SELECT outcome FROM npc_generation_attempts WHERE job_id = $1 ORDER BY id", lost.job_id
+    )
+    assert [r["outcome"] for r in outcomes] == ["succeeded", "discarded"]
+    assert b"stale" not in (tmp_path / BUCKET / f"{npc_id}.xml").read_bytes()

@@ -192,9 +192,11 @@ SELECT *
 -- name: committed_attempt_outcome
 -- A finalize whose reply was lost: did it commit? Its attempt row was written in the same
 -- transaction. (Rows the reaper wrote for this attempt carry WORKER_LOST and do not count.)
+-- The claim's own start ($4) tells its row apart from a later claim of the same attempt by the
+-- same worker, which happens when a crash of PostgreSQL loses an asynchronously committed claim.
 SELECT outcome
   FROM npc_generation_attempts
- WHERE job_id = $1 AND attempt = $2 AND worker_id = $3
+ WHERE job_id = $1 AND attempt = $2 AND worker_id = $3 AND started_at = $4
    AND outcome IN ('succeeded', 'failed', 'retry')
    AND error_code IS DISTINCT FROM 'WORKER_LOST'
  ORDER BY id DESC

@@ -288,8 +288,9 @@ class JobRunner:
         without us hearing back, the result is discarded."""
         if claim.finalize_in_doubt:
             done = await conn.fetchval(
-                q("committed_attempt_outcome"), claim.job_id, claim.attempt, self.worker_id
-            )
+                q("committed_attempt_outcome"), claim.job_id, claim.attempt, self.worker_id,
+                claim.claimed_at,
+            )  # fmt: skip
             if done is not None:
                 return Outcome(done, error=error, stats=claim.stats)
         outcome = Outcome("discarded", error=error, stats=claim.stats)
