@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -572,3 +573,19 @@ async def test_filesystem_put_many_keeps_going_past_one_unwritable_key(tmp_path:
     assert sorted(p.name for p in (tmp_path / BUCKET).iterdir()) == sorted(
         ["first.xml", "blocked.xml", KEY]
     )  # no temporary file left behind
+
+
+async def test_filesystem_check_removes_temporary_files_of_writes_that_died(tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path, BUCKET)
+    await storage.ensure_bucket()
+    await storage.put(KEY, npc_xml("Kept"))
+    bucket = tmp_path / BUCKET
+    orphan = bucket / f".{KEY}.abc123.part"  # what a worker killed mid-upload leaves
+    in_progress = bucket / f".{KEY}.def456.part"  # a write happening right now
+    for temp in (orphan, in_progress):
+        temp.write_bytes(b"<npc")
+    two_hours_ago = time.time() - 7200
+    os.utime(orphan, (two_hours_ago, two_hours_ago))
+    await storage.check()  # runs when a worker starts
+    assert sorted(p.name for p in bucket.iterdir()) == sorted([KEY, in_progress.name])
+    assert await storage.get(KEY) == npc_xml("Kept")

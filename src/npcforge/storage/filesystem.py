@@ -25,6 +25,7 @@ _OBJECT_MODE = 0o644
 _TEMP_SUFFIX = ".part"
 _CACHE_BYTES = 8 * 1024 * 1024  # recently read objects kept, in total
 _CACHE_OBJECT_BYTES = 256 * 1024  # larger objects are read every time
+_STALE_TEMP_SECONDS = 3600.0  # a temporary file this old belongs to a write that died
 _WRITER_THREADS = 4  # threads one put_many spreads its objects over
 _SETTLED_NS = 100_000_000  # a file changed more recently than this is not kept (see below)
 
@@ -292,3 +293,19 @@ class FilesystemStorage:
                 details={"storageCode": "AccessDenied", "status": "403"},
                 retryable=False,
             )
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self, older_than: float = _STALE_TEMP_SECONDS) -> int:
+        """Temporary files of writes that never finished (a process killed mid-upload); a live
+        write renames its file within moments, so anything this old is an orphan."""
+        cutoff = time.time() - older_than
+        removed = 0
+        with os.scandir(self.bucket_dir) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX)):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
