@@ -159,6 +159,36 @@ UPDATE npcs AS n
  WHERE n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
    AND n.generation_job_status = 'processing';
 
+-- name: finish_succeeded_jobs
+-- The success path of a publish batch in one statement: each job's row marked succeeded with
+-- its file's size (fenced like finish_jobs: $1 ids, $2 job ids, $3 lease tokens, $4 sizes) and
+-- its attempt row written ($5..$20, the columns of insert_attempts) only if the row was.
+WITH finished AS (
+  UPDATE npcs AS n
+     SET generation_job_status = 'succeeded',
+         generation_job_error = NULL,
+         content_size_bytes = j.size,
+         generation_job_finished_at = now(),
+         generation_job_lease_owner = NULL,
+         generation_job_lease_token = NULL,
+         generation_job_lease_expires_at = NULL
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::integer[]) AS j(id, job_id, token, size)
+   WHERE n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
+     AND n.generation_job_status = 'processing'
+  RETURNING n.generation_job_id
+)
+INSERT INTO npc_generation_attempts (
+  job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message, model,
+  generation_id, request_id, prompt_tokens, completion_tokens, cost, retries, duration_ms)
+SELECT a.*
+  FROM unnest($5::uuid[], $6::uuid[], $7::integer[], $8::text[], $9::timestamptz[], $10::text[],
+              $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::integer[],
+              $17::integer[], $18::numeric[], $19::integer[], $20::integer[])
+       AS a(job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message,
+            model, generation_id, request_id, prompt_tokens, completion_tokens, cost, retries,
+            duration_ms)
+ WHERE a.job_id IN (SELECT generation_job_id FROM finished);
+
 -- name: requeue_for_retry
 -- Hand the job back with its id and attempt count; it runs again after $4 seconds.
 UPDATE npcs

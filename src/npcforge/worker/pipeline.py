@@ -222,14 +222,12 @@ class JobRunner:
                 else:  # still under the row lock: end this attempt in the same transaction
                     outcomes[claim.lease_token] = await self._finish_failed(conn, claim, failure)
             if done:
-                await conn.execute(
-                    q("finish_jobs"), *_columns(
-                        (c.npc_id, c.job_id, c.lease_token, "succeeded", None, len(d))
-                        for c, d in done
-                    )
-                )  # fmt: skip
                 succeeded = [(claim, Outcome("succeeded", stats=claim.stats)) for claim, _ in done]
-                await self.insert_attempts(conn, succeeded)
+                await conn.execute(
+                    q("finish_succeeded_jobs"),
+                    *_columns((c.npc_id, c.job_id, c.lease_token, len(d)) for c, d in done),
+                    *_columns(self._attempt_args(c, o) for c, o in succeeded),
+                )
                 outcomes.update((claim.lease_token, outcome) for claim, outcome in succeeded)
             for claim, _ in batch:
                 if claim.lease_token not in held:
