@@ -19,23 +19,17 @@ from typing import Any
 
 import _harness as h
 import _throughput as t
-import asyncpg
 from _fleet import Fleet, WorkerSlot
 from _uploads import UploadWatcher
+
+from npcforge.worker.pipeline import DB_UNAVAILABLE
 
 BUCKET = "npc-xml-files"
 PROGRESS_POLL_S = 0.25
 RECONNECT_S = 60.0
-# Connection trouble the monitor rides out (a restart, a terminated backend, no free slots).
-MONITOR_TROUBLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.CannotConnectNowError,
-)
+# Connection trouble the monitor rides out (a restart, a terminated backend, no free slots):
+# the same errors the worker itself treats as "the database cannot do this right now".
+MONITOR_TROUBLE = DB_UNAVAILABLE
 
 
 @dataclass(frozen=True)
