@@ -55,6 +55,12 @@ def storage_env(standin: SupabaseStorageStandIn) -> dict[str, str]:
     }
 
 
+async def change_and_force(db: Any, npc_id: Any) -> Any:
+    """Edit the NPC's greeting and start a new job with `force`; the new job's id."""
+    await db.execute("UPDATE npcs SET greet_message = $2 WHERE id = $1", npc_id, NEW_GREETING)
+    return await db.fetchval("SELECT npcforge_enqueue($1, true)", npc_id)
+
+
 def uploads(standin: SupabaseStorageStandIn, npc_id: Any) -> int:
     path = f"/storage/v1/object/{BUCKET}/{npc_id}.xml"
     return sum(1 for r in standin.requests if r.method in ("POST", "PUT") and r.path == path)
@@ -87,8 +93,7 @@ async def test_force_while_generating_discards_the_old_result(conn, db_dsn, tmp_
         await model.wait_arrival(name)
         del model.holds[name]  # the new job's generation answers at once
 
-        await conn.execute("UPDATE npcs SET greet_message = $2 WHERE id = $1", npc_id, NEW_GREETING)
-        new_job = await conn.fetchval("SELECT npcforge_enqueue($1, true)", npc_id)
+        new_job = await change_and_force(conn, npc_id)
         row = await wait_status(conn, npc_id, "succeeded")
         old_gate.set()  # the old generation finishes now, with the old greeting
         await wait_for(lambda: _has_outcome(conn, old_job, "discarded"), timeout=10)
@@ -126,10 +131,7 @@ async def test_force_committed_while_publish_waits_for_the_row_is_fenced(conn, d
                 await other.execute("SELECT 1 FROM npcs WHERE id = $1 FOR UPDATE", npc_id)
                 gate.set()
                 await wait_for(lambda: conn.fetchval(WORKER_WAITING_ON_LOCK), timeout=10)
-                await other.execute(
-                    "UPDATE npcs SET greet_message = $2 WHERE id = $1", npc_id, NEW_GREETING
-                )
-                new_job = await other.fetchval("SELECT npcforge_enqueue($1, true)", npc_id)
+                new_job = await change_and_force(other, npc_id)
         finally:
             await other.close()
         row = await wait_status(conn, npc_id, "succeeded")
@@ -163,10 +165,7 @@ async def test_force_during_the_upload_waits_so_the_newest_xml_lands_last(conn, 
             other = await connect(db_dsn)
             try:
                 async with other.transaction():
-                    await other.execute(
-                        "UPDATE npcs SET greet_message = $2 WHERE id = $1", npc_id, NEW_GREETING
-                    )
-                    return await other.fetchval("SELECT npcforge_enqueue($1, true)", npc_id)
+                    return await change_and_force(other, npc_id)
             finally:
                 await other.close()
 
