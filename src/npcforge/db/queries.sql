@@ -143,25 +143,22 @@ SELECT 1
    AND generation_job_status = 'processing'
    FOR UPDATE;
 
--- name: finish_jobs
--- Final statuses for a batch of claims, each fenced: 'succeeded' with the file's size, or
--- 'failed' with the error document. Rows that are no longer their claim's are left alone.
-UPDATE npcs AS n
-   SET generation_job_status = j.status,
-       generation_job_error = j.error,
-       content_size_bytes = coalesce(j.size, n.content_size_bytes),
+-- name: fail_job
+-- End the job failed with the error document ($4), fenced: a row that is no longer this
+-- claim's ($1 id, $2 job id, $3 lease token) is left alone.
+UPDATE npcs
+   SET generation_job_status = 'failed',
+       generation_job_error = $4::jsonb,
        generation_job_finished_at = now(),
        generation_job_lease_owner = NULL,
        generation_job_lease_token = NULL,
        generation_job_lease_expires_at = NULL
-  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::generation_job_status[], $5::jsonb[],
-              $6::integer[]) AS j(id, job_id, token, status, error, size)
- WHERE n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
-   AND n.generation_job_status = 'processing';
+ WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
+   AND generation_job_status = 'processing';
 
 -- name: finish_succeeded_jobs
 -- The success path of a publish batch in one statement: each job's row marked succeeded with
--- its file's size (fenced like finish_jobs: $1 ids, $2 job ids, $3 lease tokens, $4 sizes) and
+-- its file's size (fenced like fail_job: $1 ids, $2 job ids, $3 lease tokens, $4 sizes) and
 -- its attempt row written ($5..$20, the columns of insert_attempts) only if the row was.
 WITH finished AS (
   UPDATE npcs AS n

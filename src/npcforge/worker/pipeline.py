@@ -271,10 +271,8 @@ class JobRunner:
             outcome = Outcome("retry", error=error, stats=stats, retry_in=delay)
         else:
             status = await conn.execute(
-                q("finish_jobs"), *_columns(
-                    [(claim.npc_id, claim.job_id, claim.lease_token, "failed", error.as_json(), None)]
-                )
-            )  # fmt: skip
+                q("fail_job"), claim.npc_id, claim.job_id, claim.lease_token, error.as_json()
+            )
             outcome = Outcome("failed", error=error, stats=stats)
         if status.endswith(" 0"):
             return await self._fenced_off(conn, claim, error)
