@@ -144,11 +144,8 @@ async def test_without_a_cap_a_pause_reaches_every_gate_and_calls_cost_no_round_
             raise AssertionError("an uncapped acquire must not query the database")
 
         second._fetchrow = no_statements  # type: ignore[method-assign]
-        started = time.perf_counter()
-        for _ in range(20_000):
-            await second.acquire()
-        per_call = (time.perf_counter() - started) / 20_000
-        assert per_call < 50e-6, f"uncapped acquire took {per_call * 1e6:.1f} µs"
+        for _ in range(1_000):
+            await second.acquire()  # any statement would raise
 
         await first.on_rate_limited(1.0)
         assert first.paused_for == pytest.approx(1.0, abs=0.05)

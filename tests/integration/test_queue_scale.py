@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -81,6 +80,12 @@ def _nodes_outside_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _pages(plan: dict[str, Any], cte: str) -> int:
+    """Shared buffers one CTE of the claim touched: hit or read, whatever the cache held."""
+    (node,) = [n for n in _nodes(plan) if n.get("Subplan Name") == cte]
+    return int(node["Shared Hit Blocks"]) + int(node["Shared Read Blocks"])
+
+
 def _claim_time(plan: dict[str, Any]) -> float:
     """Milliseconds of the claim itself: picking, locking and updating the rows (CTE claimed)."""
     (claimed,) = [n for n in _nodes(plan) if n.get("Subplan Name") == "CTE claimed"]
@@ -101,7 +106,7 @@ async def _explain_claim(conn: Any, batch: int) -> dict[str, Any]:
     return dict(doc[0])
 
 
-async def test_claim_reads_the_partial_index_and_stays_under_1_ms_at_100k_queued(conn):
+async def test_claim_at_100k_queued_reads_the_partial_index_and_pages_for_the_batch_only(conn):
     owner = await conn.fetchval(
         "INSERT INTO profiles (id, display_name) VALUES (gen_random_uuid(), 'bulk') RETURNING id"
     )
@@ -124,15 +129,15 @@ async def test_claim_reads_the_partial_index_and_stays_under_1_ms_at_100k_queued
         assert len(queue_scans) == 1, [(n["Node Type"], n.get("Index Name")) for n in scans]
         # The scan stops after the batch: it never walks the backlog.
         assert queue_scans[0]["Actual Rows"] == batch
-        # Finding and locking the batch is independent of the backlog ...
-        picked = [n for n in nodes if n.get("Subplan Name") == "CTE picked"]
-        assert picked and picked[0]["Actual Total Time"] < 0.5
-        # ... and the whole claim, writes included, stays under a millisecond. (The statement
-        # also returns each claimed record; that load is job work, timed apart from the claim.)
-        times = [_claim_time(run["Plan"]) for run in runs]
-        print(f"claim of {batch}: {sorted(times)} ms")
-        typical = statistics.median(times) if batch == 1 else min(times)
-        assert typical < 1.0, times
+        # Finding, locking and updating the batch touch pages in proportion to the batch, never
+        # to the backlog (a handful per row: the heap, the partial index, the other indexes the
+        # non-HOT update writes). Pages, not milliseconds: a count is the same on a busy machine.
+        # The time is printed; bench/bulk_enqueue.py measures it against its target.
+        for run in runs:
+            assert _pages(run["Plan"], "CTE picked") <= 8 + 2 * batch, run["Plan"]
+            assert _pages(run["Plan"], "CTE claimed") <= 64 * batch, run["Plan"]
+        times = sorted(_claim_time(run["Plan"]) for run in runs)
+        print(f"claim of {batch}: {times} ms")
 
 
 async def test_the_claim_loads_only_the_claimed_records_whatever_the_table_holds(conn):
