@@ -15,15 +15,29 @@ from npcforge.db.connect import create_pool
 
 
 class CountingPool:
-    """The real pool, counting the queries that reach it."""
+    """The real pool, counting the connections handed out and the queries they run."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.batches: list[int] = []
+        self.acquired = 0
+
+    async def acquire(self) -> Any:
+        self.acquired += 1
+        return CountingConnection(await self.pool.acquire(), self.batches)
+
+    async def release(self, conn: Any) -> None:
+        await self.pool.release(conn.conn)
+
+
+class CountingConnection:
+    def __init__(self, conn: Any, batches: list[int]) -> None:
+        self.conn = conn
+        self.batches = batches
 
     async def fetch(self, sql: str, ids: list[uuid.UUID]) -> Any:
         self.batches.append(len(ids))
-        return await self.pool.fetch(sql, ids)
+        return await self.conn.fetch(sql, ids)
 
 
 @pytest.fixture
@@ -55,7 +69,10 @@ async def test_concurrent_lookups_share_queries(conn, pool):
         "UPDATE npcs SET generation_job_status = 'processing' WHERE id = $1", npcs[0]
     )
     assert (await lookups.fetch(npcs[0]))["status"] == "processing"
+    # One connection served every batch, and closing gives it back.
+    assert counting.acquired == 1
     await lookups.close()
+    assert pool.get_idle_size() == pool.get_size()
 
 
 async def test_batches_are_bounded(conn, pool):
@@ -65,6 +82,7 @@ async def test_batches_are_bounded(conn, pool):
     rows = await asyncio.gather(*(lookups.fetch(npc) for npc in npcs))
     assert [row["npc_id"] for row in rows] == npcs
     assert max(counting.batches) <= 3 and sum(counting.batches) == 7
+    await lookups.close()
 
 
 async def test_a_gone_poller_does_not_disturb_the_others(conn, pool):
@@ -76,6 +94,7 @@ async def test_a_gone_poller_does_not_disturb_the_others(conn, pool):
     impatient.cancel()
     assert (await patient)["npc_id"] == npc
     assert impatient.cancelled()
+    await lookups.close()
 
 
 async def test_database_errors_reach_every_waiter(conn, db_dsn):
@@ -90,3 +109,20 @@ async def test_database_errors_reach_every_waiter(conn, db_dsn):
     # The next lookup is tried again rather than stuck behind the failure.
     with pytest.raises(Exception):  # noqa: B017 (the closed pool's own error type)
         await asyncio.wait_for(lookups.fetch(npc), timeout=5)
+
+
+async def test_a_kept_connection_that_died_fails_its_batch_and_is_replaced(conn, pool):
+    npc = await make_npc(conn)
+    counting = CountingPool(pool)
+    lookups = JobStatusLookups(counting)
+    assert (await lookups.fetch(npc))["npc_id"] == npc
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with pytest.raises(Exception):  # noqa: B017 (asyncpg's connection-lost error)
+        await lookups.fetch(npc)
+    # The dead connection went back to the pool, which replaces it; the next poll works.
+    assert (await asyncio.wait_for(lookups.fetch(npc), timeout=5))["npc_id"] == npc
+    assert counting.acquired == 2
+    await lookups.close()

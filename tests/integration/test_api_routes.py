@@ -112,6 +112,8 @@ GOOD = "0b7c6f0e-3f5a-4c59-9d1e-2f1a4b1c2d3e"
         ("POST", "/api/npcs/{0b7c6f0e-3f5a-4c59-9d1e-2f1a4b1c2d3e}/generate", "npcId"),
         ("GET", f"/api/npcs/{GOOD}/generation-jobs/123", "jobId"),
         ("GET", "/api/npcs/x/generation-jobs/y", "npcId"),
+        ("GET", f"/api/npcs/{GOOD}%0A/generation-jobs", "npcId"),
+        ("GET", f"/api/npcs/{GOOD}/generation-jobs/{GOOD}%20", "jobId"),
         ("GET", "/api/npcs/urn:uuid:0b7c6f0e-3f5a-4c59-9d1e-2f1a4b1c2d3e/generation-jobs", "npcId"),
     ],
 )
@@ -320,6 +322,50 @@ async def test_succeeded_job_returns_the_stored_xml(conn, db_dsn, storage_dir, n
     assert_error(missing, 404, "XML_NOT_FOUND")
     assert_error(broken, 503, "XML_FETCH_FAILED")
     assert int(broken.headers["retry-after"]) > 0
+
+
+async def test_each_poll_answers_from_the_rows_and_files_current_state(
+    conn, db_dsn, storage_dir, npc
+):
+    # Answers are kept serialized between polls; none may outlive what it was made from.
+    npc_id, owner = npc
+    job_id = await queue_job(conn, npc_id)
+    first, second = b'<npc name="A"/>\n', b'<npc name="B"/>\n'  # the same size
+    await set_status(conn, npc_id, "succeeded", size=len(first))
+    url = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
+    headers = bearer(token(owner))
+    seen = []
+    async with api_harness(db_dsn, storage_dir) as api:
+
+        async def poll() -> dict[str, Any]:
+            response = await api.client.get(url, headers=headers)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            seen.append((body["xml"], body["attempts"], body["status"], body["error"]))
+            return body
+
+        await api.storage.put(xml_key(npc_id), first)
+        await poll()
+        await poll()
+        await api.storage.put(xml_key(npc_id), second)  # new bytes, same row
+        await poll()
+        await conn.execute(  # same bytes, new row
+            "UPDATE npcs SET generation_job_attempts = 2 WHERE id = $1", npc_id
+        )
+        await poll()
+        await set_status(conn, npc_id, "failed", error={"code": "AI_TIMEOUT", "message": "slow"})
+        await poll()
+        await set_status(conn, npc_id, "failed", error={"code": "AI_UPSTREAM", "message": "502"})
+        await poll()
+    timeout = {"code": "AI_TIMEOUT", "message": "slow"}
+    assert seen == [
+        (first.decode(), 1, "succeeded", None),
+        (first.decode(), 1, "succeeded", None),
+        (second.decode(), 1, "succeeded", None),
+        (second.decode(), 2, "succeeded", None),
+        (None, 2, "failed", timeout),
+        (None, 2, "failed", {"code": "AI_UPSTREAM", "message": "502"}),
+    ]
 
 
 # --- abuse limits ----------------------------------------------------------------------------

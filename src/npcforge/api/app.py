@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from npcforge.api.answers import PollAnswers
 from npcforge.api.auth import Authenticator, NoAuth
 from npcforge.api.errors import ApiError, error_response
 from npcforge.api.lookups import JobStatusLookups
@@ -118,6 +119,7 @@ def create_app(
         app.state.authenticator = auth
         app.state.rate_limiter = StartRateLimiter(settings.generate_per_minute)
         app.state.job_lookups = JobStatusLookups(app.state.pool)
+        app.state.poll_answers = PollAnswers()
         try:
             yield
         finally:

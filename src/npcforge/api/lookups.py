@@ -9,6 +9,7 @@ Every answer comes from a query that started after the poll arrived, so nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +27,9 @@ class JobStatusLookups:
         self._in_flight = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connections kept between batches (at most one per batch in flight): a pool acquire and
+        # release per batch cost about as much CPU as the query itself.
+        self._idle: list[Any] = []
 
     async def fetch(self, npc_id: UUID) -> Any:
         """The `job_status_many` row of this NPC, or None when there is no such row."""
@@ -53,9 +57,20 @@ class JobStatusLookups:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _query(self, ids: list[UUID]) -> list[Any]:
+        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        try:
+            rows: list[Any] = await conn.fetch(q("job_status_many"), ids)
+        except BaseException:
+            # Whatever went wrong, the pool decides whether this connection lives on.
+            await _release(self._pool, conn)
+            raise
+        self._idle.append(conn)
+        return rows
+
     async def _run(self, batch: dict[UUID, list[asyncio.Future[Any]]]) -> None:
         try:
-            rows = await self._pool.fetch(q("job_status_many"), list(batch))
+            rows = await self._query(list(batch))
         except asyncio.CancelledError:
             for futures in batch.values():
                 for future in futures:
@@ -81,3 +96,10 @@ class JobStatusLookups:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._idle:
+            await _release(self._pool, self._idle.pop())
+
+
+async def _release(pool: Any, conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await pool.release(conn)
