@@ -82,7 +82,9 @@ def npcforge_app(dsn: str, storage_dir: str) -> Any:
         DATABASE_URL=dsn, NPCFORGE_AUTH="jwt", SUPABASE_JWT_SECRET=SECRET, SUPABASE_URL=None,
         NPCFORGE_JWKS_URL=None, NPCFORGE_STORAGE="filesystem",
     )  # fmt: skip
-    return create_app(settings, storage=FilesystemStorage(storage_dir, BUCKET))
+    # As `npcforge api` builds it (npcforge.api.server), with filesystem storage in a temporary
+    # directory.
+    return create_app(settings, storage=FilesystemStorage(storage_dir, BUCKET), freeze_heap=True)
 
 
 def serve(kind: str, port: int, dsn: str, storage_dir: str) -> None:

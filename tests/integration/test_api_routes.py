@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import uuid
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from apikit import (
+    BUCKET,
     add_attempt,
     api_harness,
     bearer,
@@ -22,7 +25,10 @@ from apikit import (
     token,
 )
 from conftest import make_npc
+from npcforge.api.app import create_app
+from npcforge.db.connect import create_pool
 from npcforge.storage.base import xml_key
+from npcforge.storage.filesystem import FilesystemStorage
 
 
 @pytest.fixture
@@ -503,3 +509,27 @@ async def test_readyz_is_503_without_a_database(db_dsn, storage_dir):
         response = await api.client.get("/readyz")
     assert_error(response, 503, "NOT_READY")
     assert response.headers["retry-after"] == "5"
+
+
+async def test_a_serving_process_freezes_its_start_up_heap_while_it_serves(
+    conn, db_dsn, storage_dir, npc
+):
+    npc_id, owner = npc
+    job_id = await queue_job(conn, npc_id)
+    pool = await create_pool(db_dsn, max_size=2)
+    storage = FilesystemStorage(storage_dir, BUCKET)
+    app = create_app(jwt_settings(), storage=storage, pool=pool, freeze_heap=True)
+    assert gc.get_freeze_count() == 0
+    try:
+        async with app.router.lifespan_context(app):
+            frozen = gc.get_freeze_count()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+                poll = await client.get(
+                    f"/api/npcs/{npc_id}/generation-jobs/{job_id}", headers=bearer(token(owner))
+                )
+    finally:
+        await pool.close()
+    assert poll.status_code == 200 and poll.json()["status"] == "queued"
+    assert frozen > 10_000  # the modules and objects built at start-up
+    assert gc.get_freeze_count() == 0  # the test process goes on as before

@@ -31,7 +31,9 @@ async def serve_api(settings: Settings, *, host: str, port: int) -> None:
     from npcforge.api.app import build_authenticator
 
     storage = build_storage(settings)
-    app = create_app(settings, storage=storage, authenticator=build_authenticator(settings))
+    app = create_app(
+        settings, storage=storage, authenticator=build_authenticator(settings), freeze_heap=True
+    )
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
     )
