@@ -125,8 +125,8 @@ async def _check_storage_at_start(storage: Storage) -> None:
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.compose import build_worker, check_worker_config
+    from npcforge.heap import settle_heap
     from npcforge.storage.factory import build_storage
-    from npcforge.worker.metrics_server import serve_metrics
 
     check_worker_config(settings)
     storage = build_storage(settings)
@@ -137,7 +137,11 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     try:
         await _check_storage_at_start(storage)
         if settings.metrics_port is not None:
+            # Imported only when asked for: aiohttp's server side is ~1 MB of the worker's RSS.
+            from npcforge.worker.metrics_server import serve_metrics
+
             metrics_server = await serve_metrics(worker, "0.0.0.0", settings.metrics_port)  # noqa: S104
+        settle_heap()
         await worker.run()
     finally:
         if metrics_server is not None:

@@ -28,6 +28,7 @@ from npcforge.api.ratelimit import StartRateLimiter
 from npcforge.api.routes import ENDPOINTS
 from npcforge.config import Settings
 from npcforge.db.connect import create_pool
+from npcforge.heap import settle_heap
 from npcforge.storage.base import Storage
 
 log = logging.getLogger("npcforge.api")
@@ -67,18 +68,6 @@ async def create_api_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
         dsn, max_size=max_size, application_name="npcforge-api", keep_session=True,
         command_timeout=30.0,
     )  # fmt: skip
-
-
-def settle_heap() -> None:
-    """Exempt everything alive after start-up from the cyclic garbage collector's scans.
-
-    The modules, schemas and pools built at start-up are a few hundred thousand objects that
-    live as long as the process. Every full collection (which the steady trickle of objects
-    surviving a request triggers every few seconds under load) walked all of them again: about
-    6 % of the CPU of a busy API process. Frozen objects are still freed by reference counting.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def build_routes(endpoints: list[Endpoint] = ENDPOINTS) -> list[Route]:
