@@ -363,6 +363,10 @@ async def test_each_poll_answers_from_the_rows_and_files_current_state(
         await poll()
         await set_status(conn, npc_id, "failed", error={"code": "AI_UPSTREAM", "message": "502"})
         await poll()
+        url = f"/api/npcs/{npc_id}/generation-jobs/{await queue_job(conn, npc_id)}"  # a new job
+        await set_status(conn, npc_id, "failed", error={"code": "AI_UPSTREAM", "message": "502"})
+        newest = await poll()
+    assert newest["jobId"] in url
     timeout = {"code": "AI_TIMEOUT", "message": "slow"}
     assert seen == [
         (first.decode(), 1, "succeeded", None),
@@ -371,6 +375,7 @@ async def test_each_poll_answers_from_the_rows_and_files_current_state(
         (second.decode(), 2, "succeeded", None),
         (None, 2, "failed", timeout),
         (None, 2, "failed", {"code": "AI_UPSTREAM", "message": "502"}),
+        (None, 1, "failed", {"code": "AI_UPSTREAM", "message": "502"}),
     ]
 
 

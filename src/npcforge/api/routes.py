@@ -156,8 +156,11 @@ async def job_status(request: Request) -> Response:
                 404, "XML_NOT_FOUND",
                 "The generated XML file is missing from storage; start a new generation job.",
             )  # fmt: skip
-    # Everything the answer is made of (besides the ids, which the row's job id already matched).
-    made_of = (status, row["content_size_bytes"], row["error"], row["updated_at"], row["attempts"])
+    # Everything the answer is made of besides the NPC's id, which keys it.
+    made_of = (
+        job_id, status, row["content_size_bytes"], row["error"], row["updated_at"],
+        row["attempts"],
+    )  # fmt: skip
     answer = state.poll_answers.get(npc_id, made_of, data)
     if answer is None:
         answer = job_status_answer(npc_id, job_id, row, status, data)
