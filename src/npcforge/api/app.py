@@ -27,7 +27,7 @@ from npcforge.api.openapi import Endpoint, build_openapi
 from npcforge.api.ratelimit import StartRateLimiter
 from npcforge.api.routes import ENDPOINTS
 from npcforge.config import Settings
-from npcforge.db.connect import create_pool
+from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.heap import settle_heap
 from npcforge.storage.base import Storage
 
@@ -51,6 +51,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         headers=dict(exc.headers or {}),
     )
     return error_response(error)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # An outage or restart, not a bug: a warning without the traceback, and a 503 to retry.
+    log.warning(
+        "database unavailable",
+        extra={"path": request.url.path, "error": type(exc).__name__},
+    )
+    return error_response(
+        ApiError(
+            503, "DATABASE_UNAVAILABLE", "The database is unreachable; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
+    )  # fmt: skip
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -139,6 +153,7 @@ def create_app(
     handlers: dict[Any, Any] = {
         ApiError: _api_error,
         HTTPException: _http_error,
+        **dict.fromkeys(DB_UNAVAILABLE, _database_unavailable),
         Exception: _unexpected,
     }
     app = Starlette(

@@ -47,6 +47,8 @@ class Endpoint:
     description: str = ""
     tag: str = "jobs"
     authenticated: bool = True
+    # Queries PostgreSQL: an outage answers 503 DATABASE_UNAVAILABLE.
+    uses_database: bool = True
     path_model: type[BaseModel] | None = None
     query_model: type[BaseModel] | None = None
     body_model: type[BaseModel] | None = None
@@ -92,6 +94,8 @@ def error_codes(endpoint: Endpoint, *, requires_token: bool) -> dict[int, tuple[
         add(413, "PAYLOAD_TOO_LARGE")
     for status, names in endpoint.errors.items():
         add(status, *names)
+    if endpoint.uses_database:
+        add(503, "DATABASE_UNAVAILABLE")
     add(500, "INTERNAL_SERVER_ERROR")
     return {status: tuple(names) for status, names in sorted(codes.items())}
 

@@ -317,20 +317,22 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "GET", "/healthz", healthz, operation_id="healthz", summary="The process is up",
         reply=Reply(200, "Up.", HealthOut), tag="operations", authenticated=False,
+        uses_database=False,
     ),
     Endpoint(
         "GET", "/readyz", readyz, operation_id="readyz", summary="The database is reachable",
         reply=Reply(200, "Ready.", ReadyOut), tag="operations", authenticated=False,
+        uses_database=False,  # it asks the database itself, and answers 503 NOT_READY
         errors={503: ("NOT_READY",)},
     ),
     Endpoint(
         "GET", "/metrics", metrics, operation_id="metrics", summary="Prometheus metrics",
         reply=Reply(200, "Prometheus text exposition format.", media_type="text/plain"),
-        tag="operations", authenticated=False,
+        tag="operations", authenticated=False, uses_database=False,
     ),
     Endpoint(
         "GET", "/openapi.json", openapi, operation_id="openapi", summary="This document",
         reply=Reply(200, "The OpenAPI 3.1 description of this API."),
-        tag="operations", authenticated=False,
+        tag="operations", authenticated=False, uses_database=False,
     ),
 ]  # fmt: skip

@@ -7,6 +7,23 @@ import socket
 from typing import Any
 
 import asyncpg
+from asyncpg import exceptions as pg
+
+# Errors that mean "the database cannot do this right now" (unreachable, restarting, shutting
+# down, out of connections, a deadlock or a cancelled statement), not "the statement is wrong".
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    pg.PostgresConnectionError,
+    pg.OperatorInterventionError,
+    pg.InsufficientResourcesError,
+    pg.TransactionRollbackError,
+    pg.ReadOnlySQLTransactionError,
+    # asyncpg raises this when the server closed a pooled connection just as it was released.
+    pg.InternalClientError,
+)
+
 
 # Detect a dead server on an idle connection from the client side too (TCP only).
 _KEEPALIVE_OPTIONS = (

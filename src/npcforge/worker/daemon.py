@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from npcforge.db.connect import create_pool
+from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.db.npcs import record_from_row
 from npcforge.db.queries import q
 from npcforge.errors import InternalError
@@ -34,7 +34,7 @@ from npcforge.generation.base import Provider, upstream_pause
 from npcforge.metrics import WorkerMetrics
 from npcforge.storage.base import Storage
 from npcforge.worker.listener import Listener
-from npcforge.worker.pipeline import DB_UNAVAILABLE, Claim, JobRunner, Outcome, log_fields
+from npcforge.worker.pipeline import Claim, JobRunner, Outcome, log_fields
 from npcforge.worker.sdnotify import SystemdNotifier
 
 log = logging.getLogger("npcforge.worker")

@@ -21,7 +21,6 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from asyncpg import exceptions as pg
 
 from npcforge.db.npcs import load_npc
 from npcforge.db.queries import q
@@ -40,21 +39,6 @@ from npcforge.npc import NpcRecord
 from npcforge.storage.base import Storage, xml_key
 
 log = logging.getLogger("npcforge.worker")
-
-# Errors that mean "the database cannot do this right now" (unreachable, restarting, shutting
-# down, out of connections, a deadlock or a cancelled statement), not "the statement is wrong".
-DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    pg.PostgresConnectionError,
-    pg.OperatorInterventionError,
-    pg.InsufficientResourcesError,
-    pg.TransactionRollbackError,
-    pg.ReadOnlySQLTransactionError,
-    # asyncpg raises this when the server closed a pooled connection just as it was released.
-    pg.InternalClientError,
-)
 
 Phase = Literal["producing", "finalizing"]
 OutcomeStatus = Literal["succeeded", "failed", "retry", "discarded", "released"]
