@@ -44,6 +44,7 @@ def worker_env(dsn: str, storage_dir: Path, **extra: str) -> dict[str, str]:
     )
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
+    env.pop("WATCHDOG_PID", None)
     env.update(extra)
     return env
 

@@ -69,7 +69,9 @@ def build_worker(settings: Settings, dsn: str, storage: Storage | None = None) -
         poll_seconds=settings.poll_seconds,
         shutdown_seconds=settings.shutdown_seconds,
         job_deadline_seconds=settings.job_deadline_seconds,
-        notifier=SystemdNotifier(settings.notify_socket, settings.watchdog_usec),
+        notifier=SystemdNotifier(
+            settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
+        ),
     )
 
 

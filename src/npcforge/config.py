@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     # Set by systemd for Type=notify services.
     notify_socket: str | None = Field(default=None, alias="NOTIFY_SOCKET")
     watchdog_usec: str | None = Field(default=None, alias="WATCHDOG_USEC")
+    watchdog_pid: str | None = Field(default=None, alias="WATCHDOG_PID")
 
     @field_validator("openrouter_fallback_models", "cors_origins", mode="before")
     @classmethod

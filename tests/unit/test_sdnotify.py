@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -71,3 +72,10 @@ def test_a_vanished_socket_is_not_an_error(tmp_path):
 )
 def test_watchdog_pings_at_half_the_timeout(usec, interval):
     assert SystemdNotifier("/run/x", usec).watchdog_interval == interval
+
+
+def test_the_watchdog_is_only_for_the_process_watchdog_pid_names():
+    mine = str(os.getpid())
+    assert SystemdNotifier("/run/x", "1000000", mine).watchdog_interval == 0.5
+    assert SystemdNotifier("/run/x", "1000000", "").watchdog_interval == 0.5
+    assert SystemdNotifier("/run/x", "1000000", str(os.getpid() + 1)).watchdog_interval is None

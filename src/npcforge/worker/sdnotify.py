@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 
 class SystemdNotifier:
-    def __init__(self, address: str | None, watchdog_usec: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        watchdog_usec: str | None = None,
+        watchdog_pid: str | None = None,
+    ) -> None:
         self._address: str | None = None
         if address:
             # An "@" prefix names a socket in the abstract namespace.
             self._address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval: float | None = None
-        if watchdog_usec and watchdog_usec.isdigit() and int(watchdog_usec) > 0:
+        # WATCHDOG_PID names the process the watchdog is meant for (as sd_watchdog_enabled
+        # reads it): a child that inherited the environment, for one, must not ping for it.
+        for_us = not watchdog_pid or watchdog_pid == str(os.getpid())
+        if for_us and watchdog_usec and watchdog_usec.isdigit() and int(watchdog_usec) > 0:
             self.watchdog_interval = int(watchdog_usec) / 1_000_000 / 2
 
     @property
