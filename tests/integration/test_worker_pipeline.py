@@ -9,6 +9,8 @@ from conftest import make_npc, make_npcs
 from npcforge.db.npcs import load_npc
 from npcforge.errors import AiConfig, AiUpstream
 from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
+from npcforge.storage.filesystem import FilesystemStorage
+from npcforge.worker.daemon import Worker
 from workerkit import ScriptedProvider, job_row, running_worker, wait_status
 
 
@@ -187,6 +189,29 @@ async def test_sigterm_style_stop_hands_running_jobs_back(conn, db_dsn, storage_
         "SELECT outcome FROM npc_generation_attempts WHERE job_id = $1", job
     )
     assert outcome == "released"
+
+
+async def test_a_worker_started_during_a_pause_is_ready_at_once_and_claims_after_it(
+    conn, db_dsn, storage_dir
+):
+    npc_id = await make_npc(conn)
+    await conn.execute("SELECT npcforge_enqueue($1)", npc_id)
+    paused = ScriptedProvider()
+    paused.paused_for = 60.0  # known before the first claim
+    storage = FilesystemStorage(storage_dir, "npc-xml-files")
+    worker = Worker(dsn=db_dsn, provider=paused, storage=storage, poll_seconds=0.5)
+    await worker.storage.ensure_bucket()
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), timeout=10)
+        row = await job_row(conn, npc_id)
+        assert row["status"] == "queued" and row["attempts"] == 0 and paused.calls == 0
+        paused.paused_for = 0.0
+        row = await wait_status(conn, npc_id, "succeeded", timeout=5)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+    assert row["attempts"] == 1
 
 
 async def test_no_claims_while_the_upstream_has_paused_the_fleet(conn, db_dsn, storage_dir):

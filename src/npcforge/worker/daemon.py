@@ -447,6 +447,11 @@ class Worker:
             if pause > 0:
                 # The upstream rate-limited the fleet: claiming now would only burn attempts.
                 timeout = min(timeout, pause)
+                if not self._claimed_once and await self.check_database(self.db_timeout):
+                    # Paused from the start: the database answering stands in for the first
+                    # claim, so READY is not held back for the whole pause.
+                    self._claimed_once = True
+                    self._maybe_ready()
             elif free > 0:
                 from_notify = self._notified
                 self._notified = False
