@@ -133,3 +133,12 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05
 @pytest.fixture
 def storage_dir(tmp_path: Path) -> Path:
     return tmp_path / "storage"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[EmbeddedPostgres]:
+    """A cluster of the test's own, for tests that stop and start the server (tests/pgctl.py)."""
+    import pgctl
+
+    with pgctl.own_cluster() as pg:
+        yield pg

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 import pgctl
 from apikit import api_harness, bearer, owner_of, queue_job, token
 from conftest import make_npc
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
-from npcforge.embedded import EmbeddedPostgres
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[EmbeddedPostgres]:
-    with pgctl.own_cluster() as pg:
-        yield pg
 
 
 async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(

@@ -4,16 +4,12 @@ processes have jobs in flight and queued. Runs on its own cluster: the session o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 import pgctl
 from conftest import make_npc, make_npcs, wait_for
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 from npcforge.db.queries import q
-from npcforge.embedded import EmbeddedPostgres
 from queuekit import (
     BUCKET,
     job_counts,
@@ -23,12 +19,6 @@ from queuekit import (
     worker_env,
     worker_processes,
 )
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[EmbeddedPostgres]:
-    with pgctl.own_cluster() as pg:
-        yield pg
 
 
 async def test_postgres_restart_with_jobs_in_flight_and_queued_finishes_all_once(
