@@ -43,12 +43,16 @@ class ShopItem:
     charges: int = 0
     real_name: str | None = None
     container_item_id: int | None = None
+    id: UUID | None = None  # the row, when the record came from the database
 
 
 @dataclass(frozen=True, slots=True)
 class Keyword:
     response: str
     phrases: tuple[str, ...]
+    # The rows, when the record came from the database (phrase_ids parallel to phrases).
+    id: UUID | None = None
+    phrase_ids: tuple[UUID, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -785,6 +785,7 @@ def test_user_prompt_carries_the_whole_record() -> None:
     assert record["name"] == NPC.name
     assert record["shop"]["buy"][1] == {
         "name": "vial of water", "item_id": 2006, "price": 8, "subtype": 1,
+        "entry": "vial of water,2006,8,1",
     }  # fmt: skip
     assert record["shop"]["sell"][0]["item_id"] == 7636
     assert [e["phrases"] for e in record["keywords"]["entries"]] == [

@@ -489,6 +489,106 @@ def test_keyword_parameters_when_keywords_disabled() -> None:
         assert_finding(findings, f"parameter {key} is not allowed", "keywords are disabled")
 
 
+# --- Findings that speak TFS (they go back to the model in the repair prompt) -------------------
+
+TRICKY = replace(
+    GROK,
+    keywords_enabled=True,
+    keywords=(
+        Keyword("The world.", ("Tibia",)),
+        Keyword("Cures poison.", ("anti-venom",)),
+        Keyword("Nothing new.", ("news",)),
+        Keyword("The bridge is repaired!", ("good news",)),
+    ),
+    shop_items=(
+        ShopItem("buy", "guard helmet", 2498, 2500, real_name="royal helmet"),
+        ShopItem("buy", "Magic Plate Armor", 2472, 90000),
+        ShopItem("sell", "vial of mana fluid", 2006, 20, subtype=7),
+    ),
+)
+TRICKY_XML = render_npc_xml(TRICKY)
+
+
+def test_tricky_record_renders_tfs_forms() -> None:
+    assert 'value="tibia;anti%-venom;good news;news"' in TRICKY_XML
+    assert 'key="keyword_reply3" value="The bridge is repaired!"' in TRICKY_XML
+    assert (
+        'value="guard helmet,2498,2500,0,royal helmet;magic plate armor,2472,90000"' in TRICKY_XML
+    )
+    assert 'value="vial of mana fluid,2006,20,vial of mana fluid,7"' in TRICKY_XML
+    assert validate_npc_xml(TRICKY_XML, TRICKY) == []
+
+
+def test_sell_subtype_without_a_real_name_is_explained() -> None:
+    xml = edited(
+        TRICKY_XML,
+        "vial of mana fluid,2006,20,vial of mana fluid,7",
+        "vial of mana fluid,2006,20,7",
+    )
+    assert validate_npc_xml(xml, TRICKY) == [
+        "shop_sellable item 1 (vial of mana fluid): TFS reads field 4 of a shop_sellable entry as"
+        ' the name shown in the trade window (name,itemid,price[,realName][,subType]), so "7"'
+        " would be shown as the name and the subtype lost; a subtype needs a real name before"
+        ' it: write "vial of mana fluid,2006,20,vial of mana fluid,7"'
+    ]
+
+
+def test_buy_real_name_in_the_subtype_field_is_explained() -> None:
+    xml = edited(
+        TRICKY_XML, "guard helmet,2498,2500,0,royal helmet", "guard helmet,2498,2500,royal helmet"
+    )
+    assert_finding(
+        validate_npc_xml(xml, TRICKY),
+        "shop_buyable item 1 (guard helmet)",
+        "field 4 of a shop_buyable entry as the subtype",
+        'write "guard helmet,2498,2500,0,royal helmet"',
+    )
+    skipped = edited(
+        TRICKY_XML, "guard helmet,2498,2500,0,royal helmet", "guard helmet,2498,2500,,royal helmet"
+    )
+    assert_finding(validate_npc_xml(skipped, TRICKY), "empty field, which TFS skips")
+
+
+def test_upper_case_and_unescaped_phrases_are_explained() -> None:
+    xml = edited(TRICKY_XML, "tibia;anti%-venom;", "Tibia;anti-venom;")
+    findings = validate_npc_xml(xml, TRICKY)
+    assert_finding(findings, 'keyword set "Tibia" has upper-case letters', 'write "tibia"')
+    assert_finding(
+        findings, "keyword set \"anti-venom\" holds '-'", "Lua pattern", 'write "anti%-venom"'
+    )
+    assert len(findings) == 2, findings
+
+
+def test_a_contained_phrase_written_first_is_explained() -> None:
+    xml = edited(TRICKY_XML, "good news;news", "news;good news")
+    xml = edited(
+        xml, 'keyword_reply3" value="The bridge is repaired!', 'keyword_reply3" value="Nothing new.'
+    )
+    xml = edited(
+        xml, 'keyword_reply4" value="Nothing new.', 'keyword_reply4" value="The bridge is repaired!'
+    )
+    assert_finding(
+        validate_npc_xml(xml, TRICKY),
+        'out of order: "news" comes before "good news", which contains it',
+        '"good news" would get the reply of "news"',
+    )
+
+
+def test_talk_mode_name_field_is_explained() -> None:
+    xml = edited(TRICKY_XML, "magic plate armor,2472", "Magic Plate Armor,2472")
+    assert_finding(
+        validate_npc_xml(xml, TRICKY),
+        'name "Magic Plate Armor", expected "magic plate armor"',
+        "talk-mode keyword",
+    )
+
+
+def test_what_tfs_reads_the_same_passes() -> None:
+    xml = edited(TRICKY_XML, "magic plate armor,2472,90000", "magic plate armor,2472,90000,0")
+    xml = edited(xml, "tibia;anti%-venom;", "tibia;;anti%-venom;")  # TFS skips empty sets
+    assert validate_npc_xml(xml, TRICKY) == []
+
+
 # --- Shop and other modules ----------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from npcforge.generation.base import RepairRequest
+from npcforge.generation.tfs import keyword_sets, shop_entry
 from npcforge.npc import NpcRecord, ShopItem
 
 RECORD_OPEN = "<npc_record>"
@@ -58,20 +59,31 @@ verbatim, never replace or translate it.
   - module_shop = 1
   - shop_buyable = the items in shop.buy (the ones a player BUYS from the NPC)
   - shop_sellable = the items in shop.sell (the ones a player SELLS to the NPC)
-  - each item is written name,item_id,price and, only when subtype is not 0, ,subtype after \
-the price; items are joined with ; in record order, with no spaces around the separators. \
-A list with no items is an empty value (value=""). Never drop, merge, reorder or reprice items.
+  - every item carries "entry", the exact text the server needs for it: join the entries with \
+; in record order, with no spaces around the separators. A list with no items is an empty \
+value (value=""). Never drop, merge, reorder, reprice or rewrite an entry.
+  - Why the entries look as they do: TFS reads a shop_buyable entry as \
+name,itemid,price[,subType][,realName] but a shop_sellable entry as \
+name,itemid,price[,realName][,subType] (the order differs), and skips empty fields. subType is \
+the fluid type or the charges; realName is the name shown in the trade window. The first field \
+is the word a player says in "buy <name>", so it is written like a keyword (below).
 - Keywords, only when keywords.enabled is true (otherwise no keyword parameters at all):
   - module_keywords = 1
   - The server splits the keywords value on ; into sets and each set on , into words that \
 must ALL appear in what the player says. Synonyms therefore must be separate sets: every \
-phrase becomes its own set, so the value is all phrases of all entries, in record order, \
-joined by ; (never by , or spaces).
+phrase becomes its own set.
+  - The server lower-cases what the player says and finds each keyword anywhere in it as a \
+Lua pattern, taking the first set that matches. So a keyword is written in lower case, with \
+each of the characters ^$()%.[]*+-? escaped by a % before it, and a phrase that contains \
+another one comes first. keywords.sets lists every set in the required order, already written \
+that way: the value is their "keyword" texts joined by ; (never by , or spaces).
   - keyword_reply1, keyword_reply2, ... : one per set, numbered from 1 in the same order; the \
-value is the response of the entry that phrase belongs to, repeated for each of its phrases.
-  Example: entries [{"response": "I sell herbs.", "phrases": ["job", "work"]}, \
-{"response": "Ask the guard.", "phrases": ["quest"]}] become keywords="job;work;quest", \
-keyword_reply1="I sell herbs.", keyword_reply2="I sell herbs.", keyword_reply3="Ask the guard."
+value is the response of keywords.entries[set.entry].
+  Example: entries [{"response": "I sell herbs.", "phrases": ["Job", "work"]}, \
+{"response": "Ask the guard.", "phrases": ["anti-venom"]}] with sets [{"keyword": "job", \
+"entry": 0}, {"keyword": "work", "entry": 0}, {"keyword": "anti%-venom", "entry": 1}] become \
+keywords="job;work;anti%-venom", keyword_reply1="I sell herbs.", keyword_reply2="I sell herbs.", \
+keyword_reply3="Ask the guard."
 
 ADDITIONS (the only things you may add)
 - When flags.voice_enabled is true: a <voices> element before <parameters> with a few \
@@ -142,8 +154,14 @@ def record_for_prompt(npc: NpcRecord) -> dict[str, Any]:
                 {"response": keyword.response, "phrases": list(keyword.phrases)}
                 for keyword in npc.keywords
             ],
+            "sets": _keyword_sets(npc),
         },
     }
+
+
+def _keyword_sets(npc: NpcRecord) -> list[dict[str, Any]]:
+    """The sets in the order TFS needs, each with the index of the entry it answers for."""
+    return [{"keyword": s.keyword, "entry": s.entry} for s in keyword_sets(npc)]
 
 
 def _shop_item(item: ShopItem) -> dict[str, Any]:
@@ -159,6 +177,7 @@ def _shop_item(item: ShopItem) -> dict[str, Any]:
         entry["real_name"] = item.real_name
     if item.container_item_id is not None:
         entry["container_item_id"] = item.container_item_id
+    entry["entry"] = shop_entry(item)
     return entry
 
 

@@ -7,17 +7,25 @@ operator reading `generation_job_error.details`) can act on.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import defusedxml
 import defusedxml.ElementTree as defused_et
 
-from npcforge.npc import NpcRecord, ShopItem
+from npcforge.generation.listrules import keyword_findings, shop_list_findings
+from npcforge.generation.listrules import show as _show
+from npcforge.generation.tfs import (
+    LIST_SEPARATORS,
+    KeywordSet,
+    keyword_sets,
+    list_text_problem,
+    shop_entry,
+    whole_number,
+)
+from npcforge.npc import NpcRecord, ShopItem, ShopListType
 
 if TYPE_CHECKING:
     # Typing only: parsing always goes through defusedxml.
@@ -31,17 +39,18 @@ __all__ = [
     "expected_parameters",
     "keyword_sets",
     "list_text_problem",
+    "look_problem",
     "render_npc_xml",
     "shop_entry",
     "validate_npc_xml",
     "xml_size",
+    "xml_text_problem",
 ]
 
 MAX_XML_BYTES = 262_144
 # A garbage answer must not turn into a huge repair prompt or error document.
 MAX_FINDINGS = 50
-# TFS splits shop lists and keyword lists on these; a value containing one cannot be expressed.
-LIST_FORBIDDEN_CHARS = (";", ",")
+LIST_FORBIDDEN_CHARS = LIST_SEPARATORS
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 INDENT = "  "
@@ -98,7 +107,6 @@ VOICE_ATTRIBUTES = frozenset({"text", "interval2", "margin", "yell"})
 YELL_VALUES = frozenset({"yes", "no", "0", "1", "true", "false"})
 
 _KEYWORD_REPLY_KEY = re.compile(r"keyword_reply(\d+)")
-_WHOLE_NUMBER = re.compile(r"\s*-?\d+\s*")
 _ENCODING_DECLARATION = re.compile(r"<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']")
 # Characters XML 1.0 cannot carry at all, not even as character references.
 _NOT_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -115,7 +123,6 @@ _ATTRIBUTE_ESCAPES = str.maketrans(
         "\t": "&#9;",
     }
 )
-_SHOWN_CHARS = 120
 
 
 def xml_size(xml: str) -> int:
@@ -123,25 +130,7 @@ def xml_size(xml: str) -> int:
     return len(xml.encode("utf-8", "surrogatepass"))
 
 
-def list_text_problem(text: str) -> str | None:
-    """Why `text` cannot be a shop item name or keyword phrase in a TFS list, or None if it can."""
-    if not text.strip():
-        return "is empty"
-    for char in LIST_FORBIDDEN_CHARS:
-        if char in text:
-            return f'contains "{char}", which TFS uses as a list separator'
-    return None
-
-
 # --- What the record fixes ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KeywordSet:
-    """One TFS keyword set: a single phrase and the reply it triggers."""
-
-    phrase: str
-    reply: str
 
 
 def _npc_attributes(npc: NpcRecord) -> list[tuple[str, str]]:
@@ -157,14 +146,23 @@ def _health_attributes(npc: NpcRecord) -> list[tuple[str, str]]:
     return [("now", str(npc.health_now)), ("max", str(npc.health_max))]
 
 
+def look_problem(npc: NpcRecord) -> str | None:
+    """Why the record's look cannot be written, or None."""
+    look = npc.look
+    if look.type == "item" and look.item_id is None:
+        return "an item look needs look.item_id"
+    if look.type != "item" and look.type_id is None:
+        return f"a {look.type} look needs look.type_id"
+    return None
+
+
 def _look_attributes(npc: NpcRecord) -> list[tuple[str, str]]:
     look = npc.look
+    problem = look_problem(npc)
+    if problem is not None:
+        raise ValueError(problem)
     if look.type == "item":
-        if look.item_id is None:
-            raise ValueError("an item look needs look.item_id")
         return [("typeex", str(look.item_id))]
-    if look.type_id is None:
-        raise ValueError(f"a {look.type} look needs look.type_id")
     attributes = [("type", str(look.type_id))]
     if look.type == "player":
         # TFS reads a missing colour or addon as 0; spell it out so the file says what it means.
@@ -193,36 +191,22 @@ def _message_parameters(npc: NpcRecord) -> list[tuple[str, str]]:
     return list(zip(MESSAGE_KEYS, values, strict=True))
 
 
-def keyword_sets(npc: NpcRecord) -> list[KeywordSet]:
-    """Every phrase as its own set (TFS would AND the words of a comma-joined set)."""
-    sets: list[KeywordSet] = []
-    for keyword in npc.keywords:
-        for phrase in keyword.phrases:
-            problem = list_text_problem(phrase)
-            if problem is not None:
-                raise ValueError(f"keyword phrase {_show(phrase)} {problem}")
-            sets.append(KeywordSet(phrase, keyword.response))
+def _keyword_sets_checked(npc: NpcRecord) -> list[KeywordSet]:
+    sets = keyword_sets(npc)
+    for keyword_set in sets:
+        problem = list_text_problem(keyword_set.phrase)
+        if problem is not None:
+            raise ValueError(f"keyword phrase {_show(keyword_set.phrase)} {problem}")
     return sets
-
-
-def shop_entry(item: ShopItem) -> str:
-    """One `name,itemid,price[,subtype]` entry of a TFS shop list."""
-    problem = list_text_problem(item.name)
-    if problem is not None:
-        raise ValueError(f"shop item name {_show(item.name)} {problem}")
-    entry = f"{item.name},{item.item_id},{item.price}"
-    if item.subtype > 0:
-        entry += f",{item.subtype}"
-    return entry
 
 
 def expected_parameters(npc: NpcRecord) -> list[tuple[str, str]]:
     """The `<parameter>` keys and values the record fixes, in rendering order."""
     parameters = _message_parameters(npc)
     if npc.keywords_enabled:
-        sets = keyword_sets(npc)
+        sets = _keyword_sets_checked(npc)
         parameters.append(("module_keywords", "1"))
-        parameters.append(("keywords", ";".join(s.phrase for s in sets)))
+        parameters.append(("keywords", ";".join(s.keyword for s in sets)))
         parameters.extend((f"keyword_reply{n}", s.reply) for n, s in enumerate(sets, start=1))
     if npc.shop_enabled:
         parameters.append(("module_shop", "1"))
@@ -234,10 +218,18 @@ def expected_parameters(npc: NpcRecord) -> list[tuple[str, str]]:
 # --- Rendering (the template provider) ---------------------------------------------------------
 
 
+def xml_text_problem(text: str) -> str | None:
+    """Why `text` cannot be an XML attribute value at all, or None."""
+    bad = _NOT_XML_CHARS.search(text)
+    if bad is None:
+        return None
+    return f"holds the character U+{ord(bad.group()):04X}, which XML cannot carry"
+
+
 def _escape_attribute(value: str) -> str:
-    bad = _NOT_XML_CHARS.search(value)
-    if bad is not None:
-        raise ValueError(f"character U+{ord(bad.group()):04X} cannot appear in XML")
+    problem = xml_text_problem(value)
+    if problem is not None:
+        raise ValueError(f"{_show(value)} {problem}")
     return value.translate(_ATTRIBUTE_ESCAPES)
 
 
@@ -268,13 +260,6 @@ def render_npc_xml(npc: NpcRecord) -> str:
 
 
 # --- Validation --------------------------------------------------------------------------------
-
-
-def _show(value: str) -> str:
-    """A value quoted for a finding, shortened so one bad value cannot flood the list."""
-    if len(value) > _SHOWN_CHARS:
-        value = value[:_SHOWN_CHARS] + "…"
-    return json.dumps(value, ensure_ascii=False)
 
 
 class _Findings:
@@ -347,7 +332,7 @@ def _check_fixed_attributes(
 
 
 def _is_whole_number(value: str) -> bool:
-    return _WHOLE_NUMBER.fullmatch(value) is not None
+    return whole_number(value) is not None
 
 
 def _children_by_tag(root: Element) -> dict[str, list[Element]]:
@@ -482,16 +467,17 @@ def _check_keywords(parameters: dict[str, str], npc: NpcRecord, findings: _Findi
             findings.add(f"parameter {key} is not allowed: keywords are disabled for this NPC")
         return
     _check_value(parameters, "module_keywords", "1", findings)
-    sets = keyword_sets(npc)
-    expected = [s.phrase for s in sets]
+    sets = _keyword_sets_checked(npc)
     value = parameters.get("keywords")
     if value is None:
-        if expected:
-            findings.add(f"missing parameter keywords, expected {_show(';'.join(expected))}")
+        if sets:
+            expected = ";".join(s.keyword for s in sets)
+            findings.add(f"missing parameter keywords, expected {_show(expected)}")
     else:
-        _compare_keyword_sets(value.split(";") if value else [], expected, findings)
+        for finding in keyword_findings(value, sets):
+            findings.add(finding)
     for number, keyword_set in enumerate(sets, start=1):
-        context = f" (reply to {_show(keyword_set.phrase)})"
+        context = f" (reply to {_show(keyword_set.keyword)})"
         _check_value(
             parameters, f"keyword_reply{number}", keyword_set.reply, findings, context=context
         )
@@ -505,33 +491,6 @@ def _check_keywords(parameters: dict[str, str], npc: NpcRecord, findings: _Findi
             findings.add(f"unexpected parameter {key}: there are only {len(sets)} keyword sets")
 
 
-def _compare_keyword_sets(actual: list[str], expected: list[str], findings: _Findings) -> None:
-    if actual == expected:
-        return
-    if "" in actual:
-        findings.add('keywords contains an empty set (a stray ";")')
-        actual = [s for s in actual if s]
-    wanted, got = Counter(expected), Counter(actual)
-    for phrase in dict.fromkeys(expected):
-        for _ in range(wanted[phrase] - got[phrase]):
-            findings.add(f"missing keyword set {_show(phrase)}")
-    for phrase in dict.fromkeys(actual):
-        if got[phrase] <= wanted[phrase]:
-            continue
-        if "," in phrase:
-            findings.add(
-                f'keyword set {_show(phrase)} joins phrases with "," (TFS would require all of'
-                ' them); every phrase must be its own set, separated by ";"'
-            )
-        else:
-            findings.add(f"unexpected keyword set {_show(phrase)}")
-    if wanted == got and actual != expected:
-        findings.add(
-            f"keyword sets are out of order: got {_show(';'.join(actual))},"
-            f" expected {_show(';'.join(expected))}"
-        )
-
-
 def _check_shop(parameters: dict[str, str], npc: NpcRecord, findings: _Findings) -> None:
     if not npc.shop_enabled:
         for key in parameters:
@@ -539,48 +498,19 @@ def _check_shop(parameters: dict[str, str], npc: NpcRecord, findings: _Findings)
                 findings.add(f"parameter {key} is not allowed: the shop is disabled for this NPC")
         return
     _check_value(parameters, "module_shop", "1", findings)
-    for key, items in (("shop_buyable", npc.buy_items), ("shop_sellable", npc.sell_items)):
+    lists: tuple[tuple[str, ShopListType, tuple[ShopItem, ...]], ...] = (
+        ("shop_buyable", "buy", npc.buy_items),
+        ("shop_sellable", "sell", npc.sell_items),
+    )
+    for key, list_type, items in lists:
         value = parameters.get(key)
         if value is None:
             if items:
                 expected = ";".join(shop_entry(item) for item in items)
                 findings.add(f"missing parameter {key}, expected {_show(expected)}")
             continue
-        _compare_shop_list(key, value.split(";") if value else [], items, findings)
-
-
-def _compare_shop_list(
-    key: str, entries: list[str], items: Sequence[ShopItem], findings: _Findings
-) -> None:
-    for number, (entry, item) in enumerate(zip(entries, items, strict=False), start=1):
-        label = f"{key} item {number} ({item.name})"
-        fields = entry.split(",")
-        if len(fields) not in (3, 4):
-            findings.add(
-                f"{label} is {_show(entry)}: expected name,itemid,price[,subtype],"
-                f" i.e. {_show(shop_entry(item))}"
-            )
-            continue
-        if fields[0] != item.name:
-            findings.add(f"{label}: name {_show(fields[0])}, expected {_show(item.name)}")
-        numbers = (
-            ("itemid", fields[1], item.item_id),
-            ("price", fields[2], item.price),
-            ("subtype", fields[3] if len(fields) == 4 else "0", item.subtype),
-        )
-        for field_name, text, want in numbers:
-            if not _is_whole_number(text):
-                findings.add(
-                    f"{label}: {field_name} {_show(text)} is not a whole number, expected {want}"
-                )
-            elif int(text) != want:
-                findings.add(f"{label}: {field_name} {int(text)}, expected {want}")
-    if len(entries) != len(items):
-        findings.add(f"{key} has {len(entries)} items, expected {len(items)}")
-    for number, item in enumerate(items[len(entries) :], start=len(entries) + 1):
-        findings.add(f"{key} is missing item {number}: {_show(shop_entry(item))}")
-    for number, entry in enumerate(entries[len(items) :], start=len(items) + 1):
-        findings.add(f"{key} item {number} {_show(entry)} is not in the record")
+        for finding in shop_list_findings(key, list_type, value, items):
+            findings.add(finding)
 
 
 def _check_travel(parameters: dict[str, str], npc: NpcRecord, findings: _Findings) -> None:
