@@ -19,6 +19,7 @@ ErrorCode = Literal[
     "NPC_NOT_FOUND",
     "WORKER_LOST",
     "CANCELLED",
+    "RECORD_INVALID",
     "INTERNAL",
 ]
 
@@ -99,6 +100,12 @@ class WorkerLost(JobError):
 
 class Cancelled(JobError):
     code = "CANCELLED"
+
+
+class RecordInvalid(JobError):
+    """The record holds something no NPC file can express as meant; fixing the rows fixes it."""
+
+    code = "RECORD_INVALID"
 
 
 class InternalError(JobError):

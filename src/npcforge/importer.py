@@ -11,7 +11,9 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from npcforge.generation.xmlrules import list_text_problem
+from npcforge.generation.recordcheck import RecordProblem, record_problems
+from npcforge.generation.tfs import list_text_problem
+from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
 
 # Owner of NPCs imported without an explicit ownerId (dev, demo, scripts).
 LOCAL_OWNER_ID = uuid.uuid5(uuid.NAMESPACE_URL, "npcforge:local-owner")
@@ -96,7 +98,9 @@ class ModulesIn(_Strict):
     keywords_enabled: bool = False
 
 
-def _list_safe(value: str) -> str:
+def _list_safe(value: str | None) -> str | None:
+    if value is None:
+        return None
     problem = list_text_problem(value)
     if problem:
         raise ValueError(problem)
@@ -113,7 +117,7 @@ class ShopItemIn(_Strict):
     real_name: str | None = Field(default=None, min_length=1, max_length=255)
     container_item_id: int | None = Field(default=None, gt=0, le=65535)
 
-    _name_ok = field_validator("name")(_list_safe)
+    _names_ok = field_validator("name", "real_name")(_list_safe)
 
 
 class KeywordIn(_Strict):
@@ -155,15 +159,52 @@ class NpcIn(_Strict):
             if keyword.response.lower() in responses:
                 raise ValueError(f"keywords[{k_index}].response: duplicate response")
             responses.add(keyword.response.lower())
-        if self.modules.shop_enabled and self.modules.shop_mode == "talk_mode":
-            reserved = {"buy", "sell", "offer", "trade", "hi", "hello", "bye"}
-            for k_index, keyword in enumerate(self.keywords):
-                for phrase in keyword.phrases:
-                    if phrase.lower() in reserved:
-                        raise ValueError(
-                            f"keywords[{k_index}]: phrase {phrase!r} is reserved in talk_mode shops"
-                        )
         return self
+
+    def to_record(self) -> NpcRecord:
+        """The NPC as the generator would see it once stored (no row ids yet)."""
+        look, stats, mods = self.look, self.stats, self.modules
+        return NpcRecord(
+            id=uuid.UUID(int=0),
+            name=self.name,
+            look=Look(**look.model_dump()),
+            messages=Messages(**self.messages.model_dump()),
+            walk_interval=stats.walk_interval,
+            floor_change=stats.floor_change,
+            health_now=stats.health_now,
+            health_max=stats.health_max,
+            focus_enabled=mods.focus_enabled,
+            travel_enabled=mods.travel_enabled,
+            voice_enabled=mods.voice_enabled,
+            shop_enabled=mods.shop_enabled,
+            shop_mode=mods.shop_mode,
+            keywords_enabled=mods.keywords_enabled,
+            shop_items=tuple(ShopItem(**item.model_dump()) for item in self.shop_items),
+            keywords=tuple(Keyword(k.response, tuple(k.phrases)) for k in self.keywords),
+        )
+
+
+# Where a problem sits in the import format (camelCase, as the user wrote it).
+_NPC_FIELDS = {
+    "name": "name",
+    "look_type_id": "look.typeId",
+    "look_item_id": "look.itemId",
+    "greet_message": "messages.greet",
+    "farewell_message": "messages.farewell",
+    "decline_message": "messages.decline",
+    "no_shop_message": "messages.noShop",
+    "on_close_shop_message": "messages.onCloseShop",
+}
+
+
+def _input_path(problem: RecordProblem) -> str:
+    if problem.table == "npc_shop_items":
+        return f"shopItems[{problem.index[0]}].{to_camel(problem.column)}"
+    if problem.table == "npc_keyword_phrases":
+        return f"keywords[{problem.index[0]}].phrases[{problem.index[1]}]"
+    if problem.table == "npc_keywords":
+        return f"keywords[{problem.index[0]}].{problem.column}"
+    return _NPC_FIELDS.get(problem.column, problem.column)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -176,10 +217,16 @@ def _describe(exc: ValidationError) -> str:
 
 
 def parse_npc(data: Any) -> NpcIn:
+    """Validate import input; refuse what no NPC file can express as meant (TFS's rules)."""
     try:
-        return NpcIn.model_validate(data)
+        npc = NpcIn.model_validate(data)
     except ValidationError as exc:
         raise ImportError_("invalid NPC: " + _describe(exc)) from None
+    problems = record_problems(npc.to_record(), whole=True)
+    if problems:
+        described = (f"{_input_path(p)}: {p.value!r} {p.reason}" for p in problems)
+        raise ImportError_("invalid NPC: " + "; ".join(described))
+    return npc
 
 
 def read_npc_file(path: Path) -> NpcIn:
@@ -195,7 +242,9 @@ def read_npc_file(path: Path) -> NpcIn:
 
 
 async def insert_npc(conn: asyncpg.Connection, npc: NpcIn) -> uuid.UUID:
-    """Insert the NPC with its shop items and keywords, all or nothing. Returns the new id."""
+    """Insert the NPC with its shop items and keywords, all or nothing. Returns the new id.
+
+    Rows are inserted in the input's order, which their `position` default keeps."""
     owner = npc.owner_id or LOCAL_OWNER_ID
     async with conn.transaction():
         await conn.execute(
@@ -226,9 +275,8 @@ async def insert_npc(conn: asyncpg.Connection, npc: NpcIn) -> uuid.UUID:
             await conn.executemany(
                 """
                 INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price, subtype,
-                  charges, real_name, container_item_id, created_at)
-                VALUES ($1, $2::npc_shop_item_list_type, $3, $4, $5, $6, $7, $8, $9,
-                  clock_timestamp())
+                  charges, real_name, container_item_id)
+                VALUES ($1, $2::npc_shop_item_list_type, $3, $4, $5, $6, $7, $8, $9)
                 """,
                 [
                     (npc_id, i.list_type, i.name, i.item_id, i.price, i.subtype, i.charges,
@@ -245,8 +293,7 @@ async def insert_npc(conn: asyncpg.Connection, npc: NpcIn) -> uuid.UUID:
                 index,
             )
             await conn.executemany(
-                "INSERT INTO npc_keyword_phrases (keyword_id, npc_id, phrase, created_at) "
-                "VALUES ($1, $2, $3, clock_timestamp())",
+                "INSERT INTO npc_keyword_phrases (keyword_id, npc_id, phrase) VALUES ($1, $2, $3)",
                 [(keyword_id, npc_id, phrase) for phrase in keyword.phrases],
             )
     return npc_id

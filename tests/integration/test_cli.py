@@ -38,7 +38,7 @@ async def test_import_creates_npc_with_items_and_keywords(conn, db_dsn, tmp_path
     assert await conn.fetchval("SELECT count(*) FROM npc_shop_items WHERE npc_id = $1", npc_id) == 5
     phrases = await conn.fetch(
         "SELECT p.phrase FROM npc_keyword_phrases p JOIN npc_keywords k ON k.id = p.keyword_id "
-        "WHERE p.npc_id = $1 ORDER BY k.sort_index, p.created_at",
+        "WHERE p.npc_id = $1 ORDER BY k.sort_index, p.position",
         npc_id,
     )
     assert [p["phrase"] for p in phrases] == [

@@ -41,11 +41,18 @@ def record_from_row(row: Mapping[str, Any]) -> NpcRecord:
             charges=item["charges"],
             real_name=item["real_name"],
             container_item_id=item["container_item_id"],
+            id=_row_id(item),
         )
         for item in row["shop_items"]
     )
     keywords = tuple(
-        Keyword(response=kw["response"], phrases=tuple(kw["phrases"])) for kw in row["keywords"]
+        Keyword(
+            response=kw["response"],
+            phrases=tuple(kw["phrases"]),
+            id=_row_id(kw),
+            phrase_ids=tuple(UUID(phrase_id) for phrase_id in kw.get("phrase_ids", ())),
+        )
+        for kw in row["keywords"]
     )
     return NpcRecord(
         id=row["id"],
@@ -67,6 +74,11 @@ def record_from_row(row: Mapping[str, Any]) -> NpcRecord:
         shop_items=shop_items,
         keywords=keywords,
     )
+
+
+def _row_id(entry: Mapping[str, Any]) -> UUID | None:
+    value = entry.get("id")
+    return None if value is None else UUID(value)
 
 
 async def load_npc(conn: asyncpg.Connection | asyncpg.Pool, npc_id: UUID) -> NpcRecord | None:

@@ -30,9 +30,11 @@ from npcforge.errors import (
     InternalError,
     JobError,
     NpcNotFound,
+    RecordInvalid,
     StorageError,
 )
 from npcforge.generation.base import CallStats, Generated, Provider, RepairRequest, call_stats_of
+from npcforge.generation.recordcheck import record_problems
 from npcforge.generation.xmlrules import validate_npc_xml
 from npcforge.metrics import WorkerMetrics
 from npcforge.npc import NpcRecord
@@ -156,6 +158,13 @@ class JobRunner:
             npc = await load_npc(self.pool, claim.npc_id)  # database errors go to the caller
         if npc is None:
             return NpcNotFound("the NPC does not exist or was deleted")
+        problems = record_problems(npc)
+        if problems:  # no model can write these rows as meant: say which, ask nobody
+            return RecordInvalid(
+                f"the record holds {len(problems)} value(s) TFS cannot read as meant, first:"
+                f" {problems[0].describe()}",
+                details={"rows": [problem.as_detail() for problem in problems]},
+            )
         gen_started = time.monotonic()
         try:
             xml = await self.generate_valid_xml(npc, stats)
