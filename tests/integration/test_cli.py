@@ -58,6 +58,10 @@ def _bad_inputs() -> list[tuple[str, dict, str]]:
         ("duplicate phrase", sample_data(keywords=[{"response": "r1", "phrases": ["job"]}, {"response": "r2", "phrases": ["JOB"]}]), "duplicate phrase"),
         ("too many items", sample_data(shopItems=many), "shopItems"),
         ("item look without itemId", sample_data(look={"type": "item"}), "itemId"),
+        ("comma in a real name", sample_data(shopItems=[{"listType": "sell", "name": "x", "itemId": 2120, "price": 1, "realName": "a, b"}]), "shopItems[0].realName"),
+        ("fluid bought without subtype", sample_data(shopItems=[{"listType": "buy", "name": "vial", "itemId": 2006, "price": 1}]), "shopItems[0].subtype: '0' must name the fluid"),
+        ("a farewell word as a phrase", sample_data(keywords=[{"response": "r", "phrases": ["job", "Bye"]}]), 'keywords[0].phrases[1]: \'Bye\' is a word the NPC system answers itself ("bye")'),
+        ("talk-mode entry shadowed", sample_data(modules={"shopEnabled": True, "shopMode": "talk_mode"}, keywords=[], shopItems=[{"listType": "buy", "name": "potion", "itemId": 7618, "price": 1}, {"listType": "buy", "name": "health potion", "itemId": 7591, "price": 2}]), "shopItems[1].name"),
     ]  # fmt: skip
 
 
