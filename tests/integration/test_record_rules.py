@@ -200,9 +200,7 @@ async def test_stored_rows_tfs_cannot_express_fail_the_job_as_record_invalid(
 async def test_new_writes_tfs_cannot_express_are_refused(conn, sql, fragment):
     [npc_id] = await _shop_npcs(conn, 1)
     await conn.execute("INSERT INTO npc_keywords (npc_id, response) VALUES ($1, 'r')", npc_id)
-    with pytest.raises(
-        asyncpg.CheckViolationError, match=re.escape(fragment)
-    ):
+    with pytest.raises(asyncpg.CheckViolationError, match=re.escape(fragment)):
         await conn.execute(sql, npc_id)
 
 
