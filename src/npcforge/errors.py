@@ -23,7 +23,8 @@ ErrorCode = Literal[
     "INTERNAL",
 ]
 
-ERROR_CODES: frozenset[str] = frozenset(ErrorCode.__args__)  # type: ignore[attr-defined]
+JOB_ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
+ERROR_CODES: frozenset[str] = frozenset(JOB_ERROR_CODES)
 
 
 class JobError(Exception):

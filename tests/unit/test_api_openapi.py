@@ -20,6 +20,7 @@ from npcforge.api.errors import ApiError
 from npcforge.api.openapi import build_openapi, error_codes
 from npcforge.api.routes import ENDPOINTS, decode_cursor, encode_cursor
 from npcforge.config import Settings
+from npcforge.errors import ERROR_CODES
 from npcforge.storage.filesystem import FilesystemStorage
 
 # Answered by the app itself for requests no endpoint takes, not by an operation.
@@ -72,6 +73,12 @@ def test_every_raised_error_code_is_documented(document):
     documented = all_codes(document)
     assert raised_codes() - APP_LEVEL_CODES <= documented
     assert {"UNAUTHORIZED", "RATE_LIMITED", "PAYLOAD_TOO_LARGE", "XML_NOT_FOUND"} <= documented
+
+
+def test_job_error_codes_are_documented(document):
+    code = document["components"]["schemas"]["JobErrorOut"]["properties"]["code"]
+    assert all(name in code["description"] for name in ERROR_CODES)
+    assert "RECORD_INVALID" in code["description"]
 
 
 def test_each_response_lists_the_codes_of_its_status(document):

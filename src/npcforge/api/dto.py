@@ -13,6 +13,8 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from npcforge.errors import JOB_ERROR_CODES
+
 JobStatus = Literal["queued", "processing", "succeeded", "failed"]
 # A listed job that is no longer the NPC's current one and did not end in success or failure.
 ListedJobStatus = Literal["queued", "processing", "succeeded", "failed", "superseded"]
@@ -117,7 +119,11 @@ class GenerateAccepted(OutputModel):
 
 
 class JobErrorOut(OutputModel):
-    code: str = Field(description="A stable error code such as AI_TIMEOUT or AI_INVALID_XML.")
+    # Not an enum: a row failed by hand may carry any code, and it is passed through.
+    code: str = Field(
+        description="A stable job error code: " + ", ".join(JOB_ERROR_CODES) + ".",
+        examples=["AI_INVALID_XML", "RECORD_INVALID"],
+    )
     message: str
 
 
