@@ -250,6 +250,10 @@ def _npc(
     return NpcIn.model_validate(data).to_record(), data
 
 
+def _item(list_type: str, name: str, item_id: int, price: int, **extra: Any) -> dict[str, Any]:
+    return {"listType": list_type, "name": name, "itemId": item_id, "price": price, **extra}
+
+
 def _window(verdict: Any, item_id: int) -> list[dict[str, Any]]:
     return [e for e in verdict.result["shop_items_tfs"] if e["id"] == item_id]
 
@@ -289,20 +293,8 @@ def test_a_sold_subtype_shows_the_records_name(tmp_path: Path) -> None:
 
 def test_a_bought_real_name_without_subtype_writes_subtype_0(tmp_path: Path) -> None:
     items = [
-        {
-            "listType": "buy",
-            "name": "guard helmet",
-            "itemId": 2498,
-            "price": 9,
-            "realName": "helmet of the guard",
-        },
-        {
-            "listType": "buy",
-            "name": "ring",
-            "itemId": 2164,
-            "price": 9,
-            "realName": "ring of might",
-        },
+        _item("buy", "guard helmet", 2498, 9, realName="helmet of the guard"),
+        _item("buy", "ring", 2164, 9, realName="ring of might"),
     ]
     npc, data = _npc(items)
     xml = render_npc_xml(npc)
@@ -320,14 +312,8 @@ def test_a_bought_real_name_without_subtype_writes_subtype_0(tmp_path: Path) -> 
 
 def test_charges_are_the_subtype_of_runes_and_charged_items(tmp_path: Path) -> None:
     items = [
-        {
-            "listType": "buy",
-            "name": "sudden death rune",
-            "itemId": 2268,
-            "price": 325,
-            "charges": 5,
-        },
-        {"listType": "buy", "name": "might ring", "itemId": 2164, "price": 250, "charges": 7},
+        _item("buy", "sudden death rune", 2268, 325, charges=5),
+        _item("buy", "might ring", 2164, 250, charges=7),
     ]
     npc, data = _npc(items)
     verdict = assert_tfs_reads_as_meant(render_npc_xml(npc), data, tmp_path)
