@@ -8,9 +8,11 @@ after it was written.
 
 from __future__ import annotations
 
+import json
+
 from apikit import api_harness, bearer, token
 from clikit import cli_env, run_cli
-from conftest import SupabaseTemplates, supabase_database
+from conftest import SupabaseTemplates, make_npc, supabase_database
 from npcforge.db.connect import connect
 from npcforge.db.migrate import ACCEPTED_EARLIER_CHECKSUMS, check_current, load_migrations
 from supabasekit import ORIGINAL_TABLES, as_role, columns_of, schema_rules, table_fingerprints
@@ -105,3 +107,47 @@ async def test_a_database_migrated_before_0001_learnt_to_adopt_still_migrates(co
     )
     refused = await run_cli("migrate", env=cli_env(DATABASE_URL=db_dsn))
     assert refused.code == 2 and "0001_schema.sql was changed" in refused.err
+
+
+async def test_doctor_reports_jobs_that_would_never_run_once_and_a_leftover_webhook(
+    conn, db_dsn, tmp_path
+):
+    env = cli_env(
+        DATABASE_URL=db_dsn, NPCFORGE_PROVIDER="template", NPCFORGE_STORAGE="filesystem",
+        NPCFORGE_STORAGE_DIR=str(tmp_path / "storage"),
+    )  # fmt: skip
+    assert (await run_cli("storage", "ensure-bucket", env=env)).code == 0
+    stuck, lost = await make_npc(conn), await make_npc(conn)
+    # What the system replaced leaves: a job running with no lease (the reaper takes it back),
+    # and one queued without a run-after (written with the enqueue trigger off).
+    await conn.execute("ALTER TABLE npcs DISABLE TRIGGER trg_npcs_job_change")
+    await conn.execute(
+        "UPDATE npcs SET generation_job_id = gen_random_uuid(), generation_job_status = "
+        "CASE WHEN id = $1 THEN 'processing' ELSE 'queued' END::generation_job_status, "
+        "generation_job_run_after = NULL WHERE id = ANY($2::uuid[])",
+        stuck, [stuck, lost],
+    )  # fmt: skip
+    await conn.execute("ALTER TABLE npcs ENABLE TRIGGER trg_npcs_job_change")
+    report = await run_cli("doctor", "--json", env=env)
+    queue = {c["check"]: c for c in json.loads(report.out)}["queue"]
+    assert report.code == 1 and not queue["ok"]
+    assert queue["detail"].startswith("1 queued job(s) have no generation_job_run_after")
+    await conn.execute(queue["fix"])  # the fix it names works
+    report = await run_cli("doctor", "--json", env=env)
+    queue = {c["check"]: c for c in json.loads(report.out)}["queue"]
+    assert report.code == 0 and queue["detail"].startswith("1 queued; 1 running without a lease")
+
+    # The original's Database Webhook (a trigger calling supabase_functions) must be turned off.
+    await conn.execute(
+        """
+        CREATE SCHEMA supabase_functions;
+        CREATE FUNCTION supabase_functions.http_request() RETURNS trigger LANGUAGE plpgsql
+          AS $$ BEGIN RETURN NEW; END $$;
+        CREATE TRIGGER "generation-worker" AFTER INSERT OR UPDATE ON npcs
+          FOR EACH ROW EXECUTE FUNCTION supabase_functions.http_request();
+        """
+    )
+    report = await run_cli("doctor", "--json", env=env)
+    queue = {c["check"]: c for c in json.loads(report.out)}["queue"]
+    assert report.code == 1 and "generation-worker" in queue["detail"]
+    assert "Webhooks" in queue["fix"]

@@ -76,11 +76,14 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, "INTERNAL_SERVER_ERROR", "An unexpected error occurred."))
 
 
-async def create_api_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """The API changes no session state, so releasing a connection costs no round trip."""
+async def create_api_pool(
+    dsn: str, *, max_size: int = 10, transaction_pooler: bool = False
+) -> asyncpg.Pool:
+    """The API changes no session state, so releasing a connection costs no round trip (and it
+    works behind a transaction pooler)."""
     return await create_pool(
         dsn, max_size=max_size, application_name="npcforge-api", keep_session=True,
-        command_timeout=30.0,
+        command_timeout=30.0, transaction_pooler=transaction_pooler,
     )  # fmt: skip
 
 
@@ -132,7 +135,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_pool = pool is None
-        app.state.pool = pool or await create_api_pool(settings.require_database_url())
+        app.state.pool = pool or await create_api_pool(
+            settings.require_database_url(), transaction_pooler=settings.transaction_pooler
+        )
         app.state.storage = storage
         app.state.authenticator = auth
         app.state.rate_limiter = StartRateLimiter(settings.generate_per_minute)
