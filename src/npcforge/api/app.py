@@ -24,6 +24,7 @@ from npcforge.api.errors import ApiError, error_response
 from npcforge.api.lookups import JobStatusLookups
 from npcforge.api.metrics import ApiMetrics, MetricsMiddleware
 from npcforge.api.openapi import Endpoint, build_openapi
+from npcforge.api.origins import PreflightGate
 from npcforge.api.ratelimit import StartRateLimiter
 from npcforge.api.routes import ENDPOINTS
 from npcforge.config import Settings
@@ -100,7 +101,10 @@ def build_authenticator(settings: Settings) -> Authenticator:
 
 
 def build_middleware(settings: Settings, metrics: ApiMetrics) -> list[Middleware]:
-    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
+        Middleware(PreflightGate, allowed=settings.cors_origins),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -109,7 +113,8 @@ def build_middleware(settings: Settings, metrics: ApiMetrics) -> list[Middleware
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=["Retry-After"],
-                allow_credentials=False,  # bearer tokens, not cookies
+                # The session cookie may come along from listed origins (never with `*`).
+                allow_credentials=settings.auth == "jwt" and "*" not in settings.cors_origins,
                 max_age=600,
             )
         )
