@@ -134,3 +134,25 @@ async def test_bearer_wins_over_the_cookie_and_bad_cookies_are_401(conn, db_dsn,
         )
         assert foreign.status_code == 401 and "details" not in foreign.json()["error"]
     assert "r3fr35h" not in foreign.text + refused.text
+
+
+async def test_the_differences_the_old_ui_meets_are_as_documented(conn, db_dsn, storage_dir, npc):
+    """docs/api.md, "Differences from the original API": job-not-found code, a soft-deleted own
+    NPC, an empty body."""
+    npc_id, owner = npc
+    cookie = {**session_cookie(token(owner)), **SAME_ORIGIN}
+    async with api_harness(db_dsn, storage_dir, settings=settings()) as api:
+        empty = await api.client.post(f"/api/npcs/{npc_id}/generate", headers=cookie)
+        assert empty.status_code == 202, empty.text  # the original answered 400 INVALID_BODY
+        unknown = await api.client.get(
+            f"/api/npcs/{npc_id}/generation-jobs/{uuid.uuid4()}", headers=cookie
+        )
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "GENERATION_JOB_NOT_FOUND"  # was NPC_NOT_FOUND
+        await conn.execute("UPDATE npcs SET deleted_at = now() WHERE id = $1", npc_id)
+        deleted = await api.client.post(
+            f"/api/npcs/{npc_id}/generate?force=true", headers=cookie,
+            json={"regenerate": True, "currentXml": None},
+        )  # fmt: skip
+        assert deleted.status_code == 404  # the original started a job on it
+        assert deleted.json()["error"]["code"] == "NPC_NOT_FOUND"
