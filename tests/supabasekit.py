@@ -171,17 +171,23 @@ async def sign_up(cluster: SupabaseCluster, database: str, email: str, name: str
     return user_id
 
 
-async def create_npc(conn: Any, owner: uuid.UUID, name: str, **columns: Any) -> uuid.UUID:
-    """POST /api/npcs of the original: an INSERT as the signed-in user."""
-    values = {**UI_NPC, **columns, "name": name, "owner_id": owner,
-              "client_request_id": uuid.uuid4()}  # fmt: skip
+async def insert_as(conn: Any, owner: uuid.UUID, table: str, **values: Any) -> uuid.UUID:
+    """A PostgREST insert (`POST /rest/v1/<table>`) by the signed-in `owner`; the new id."""
     names = ", ".join(values)
     marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
     async with as_role(conn, "authenticated", owner, commit=True):
-        npc_id: uuid.UUID = await conn.fetchval(
-            f"INSERT INTO npcs ({names}) VALUES ({marks}) RETURNING id", *values.values()
+        row_id: uuid.UUID = await conn.fetchval(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING id", *values.values()
         )
-    return npc_id
+    return row_id
+
+
+async def create_npc(conn: Any, owner: uuid.UUID, name: str, **columns: Any) -> uuid.UUID:
+    """POST /api/npcs of the original: an INSERT as the signed-in user."""
+    return await insert_as(
+        conn, owner, "npcs",
+        **{**UI_NPC, **columns, "name": name, "owner_id": owner, "client_request_id": uuid.uuid4()},
+    )  # fmt: skip
 
 
 async def seed_original_data(cluster: SupabaseCluster, database: str) -> OriginalData:
@@ -344,17 +350,6 @@ def _row(record: Any) -> tuple[Any, ...]:
 
 
 # --- data for the role tests: written through PostgREST's SQL only (both schemas accept it) ---
-
-
-async def insert_as(conn: Any, owner: uuid.UUID, table: str, **values: Any) -> uuid.UUID:
-    """A PostgREST insert (`POST /rest/v1/<table>`) by the signed-in `owner`; the new id."""
-    names = ", ".join(values)
-    marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-    async with as_role(conn, "authenticated", owner, commit=True):
-        row_id: uuid.UUID = await conn.fetchval(
-            f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING id", *values.values()
-        )
-    return row_id
 
 
 async def seed_role_data(cluster: SupabaseCluster, database: str) -> OriginalData:

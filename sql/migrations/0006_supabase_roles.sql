@@ -22,6 +22,7 @@ ALTER TABLE IF EXISTS npcforge_schema_migrations ENABLE ROW LEVEL SECURITY;
 DO $outer$
 DECLARE
   child text;
+  policy text[];
 BEGIN
   IF to_regclass('auth.users') IS NULL
      OR to_regprocedure('auth.uid()') IS NULL
@@ -80,33 +81,24 @@ BEGIN
 
   FOREACH child IN ARRAY ARRAY['npc_shop_items', 'npc_keywords', 'npc_keyword_phrases'] LOOP
     EXECUTE format('DROP POLICY IF EXISTS %I ON %I', child || '_write', child);
-    IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = 'public' AND tablename = child
-                      AND policyname = child || '_select_anon') THEN
-      EXECUTE format(
-        'CREATE POLICY %I ON %I FOR SELECT TO anon
-         USING (deleted_at IS NULL AND EXISTS (SELECT 1 FROM npcs n WHERE n.id = npc_id
-           AND n.deleted_at IS NULL AND n.status = ''published''))',
-        child || '_select_anon', child);
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = 'public' AND tablename = child
-                      AND policyname = child || '_insert_authenticated') THEN
-      EXECUTE format(
-        'CREATE POLICY %I ON %I FOR INSERT TO authenticated
+    -- [name suffix, definition]; UPDATE is not tied to the parent's deleted state, so soft-
+    -- deleting an NPC can cascade to its rows.
+    FOREACH policy SLICE 1 IN ARRAY ARRAY[
+      ['_select_anon', 'FOR SELECT TO anon USING (deleted_at IS NULL AND EXISTS (SELECT 1
+         FROM npcs n WHERE n.id = npc_id AND n.deleted_at IS NULL AND n.status = ''published''))'],
+      ['_insert_authenticated', 'FOR INSERT TO authenticated WITH CHECK (EXISTS (SELECT 1
+         FROM npcs n WHERE n.id = npc_id AND n.deleted_at IS NULL
+           AND n.owner_id = (SELECT auth.uid())))'],
+      ['_update_authenticated', 'FOR UPDATE TO authenticated
+         USING (EXISTS (SELECT 1 FROM npcs n WHERE n.id = npc_id AND n.owner_id = (SELECT auth.uid())))
          WITH CHECK (EXISTS (SELECT 1 FROM npcs n WHERE n.id = npc_id
-           AND n.deleted_at IS NULL AND n.owner_id = (SELECT auth.uid())))',
-        child || '_insert_authenticated', child);
-    END IF;
-    -- Not tied to the parent's deleted state, so soft-deleting an NPC can cascade to its rows.
-    IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = 'public' AND tablename = child
-                      AND policyname = child || '_update_authenticated') THEN
-      EXECUTE format(
-        'CREATE POLICY %I ON %I FOR UPDATE TO authenticated
-         USING (EXISTS (SELECT 1 FROM npcs n WHERE n.id = npc_id
-           AND n.owner_id = (SELECT auth.uid())))
-         WITH CHECK (EXISTS (SELECT 1 FROM npcs n WHERE n.id = npc_id
-           AND n.owner_id = (SELECT auth.uid())))',
-        child || '_update_authenticated', child);
-    END IF;
+           AND n.owner_id = (SELECT auth.uid())))']
+    ] LOOP
+      IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = 'public' AND tablename = child
+                        AND policyname = child || policy[1]) THEN
+        EXECUTE format('CREATE POLICY %I ON %I ', child || policy[1], child) || policy[2];
+      END IF;
+    END LOOP;
   END LOOP;
 
   EXECUTE 'REVOKE ALL ON TABLE npcforge_npc_records FROM PUBLIC, anon, authenticated';

@@ -17,7 +17,7 @@ import asyncpg
 
 from apikit import SECRET, bearer, owner_of, token
 from clikit import cli_env, run_cli
-from conftest import make_npc, sample_data
+from conftest import create_database, make_npc, sample_data
 from npcforge.db.connect import create_pool
 from npcforge.embedded import EmbeddedPostgres
 from poolerkit import api_process, npcforge_process, running_pgbouncer
@@ -88,13 +88,8 @@ async def test_worker_and_api_through_pgbouncer_session_mode_with_stock_settings
 async def test_api_cli_and_worker_through_pgbouncer_transaction_mode(
     pg_cluster: EmbeddedPostgres, storage_dir, tmp_path
 ):
-    name = f"txn_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(pg_cluster.dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    direct = pg_cluster.dsn_for(name)
+    direct = await create_database(pg_cluster, template="template0")  # empty: migrated below
+    name = database_of(direct)
     # Two server connections for every client: statements of different clients interleave.
     async with running_pgbouncer(pg_cluster, "transaction", default_pool_size=2) as bouncer:
         env = daemon_env(

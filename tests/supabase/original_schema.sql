@@ -205,28 +205,19 @@ BEGIN
   RETURN NEW;
 END $$;
 
-CREATE FUNCTION enforce_npc_shop_item_limit() RETURNS trigger LANGUAGE plpgsql
+-- (The original has one such function per table, shop items and keywords; TG_ARGV names it.)
+CREATE FUNCTION enforce_npc_list_limit() RETURNS trigger LANGUAGE plpgsql
 SET search_path = public AS $$
+DECLARE
+  active integer;
 BEGIN
   IF (SELECT deleted_at FROM npcs WHERE id = NEW.npc_id) IS NOT NULL THEN
-    RAISE EXCEPTION 'cannot modify shop items for deleted npc %', NEW.npc_id;
+    RAISE EXCEPTION 'cannot modify % for deleted npc %', TG_ARGV[0], NEW.npc_id;
   END IF;
-  IF NEW.deleted_at IS NULL AND (SELECT count(*) FROM npc_shop_items
-                                  WHERE npc_id = NEW.npc_id AND deleted_at IS NULL) >= 255 THEN
-    RAISE EXCEPTION 'npc % exceeds maximum active shop item limit (255)', NEW.npc_id;
-  END IF;
-  RETURN NEW;
-END $$;
-
-CREATE FUNCTION enforce_npc_keyword_limit() RETURNS trigger LANGUAGE plpgsql
-SET search_path = public AS $$
-BEGIN
-  IF (SELECT deleted_at FROM npcs WHERE id = NEW.npc_id) IS NOT NULL THEN
-    RAISE EXCEPTION 'cannot modify keywords for deleted npc %', NEW.npc_id;
-  END IF;
-  IF NEW.deleted_at IS NULL AND (SELECT count(*) FROM npc_keywords
-                                  WHERE npc_id = NEW.npc_id AND deleted_at IS NULL) >= 255 THEN
-    RAISE EXCEPTION 'npc % exceeds maximum active keyword limit (255)', NEW.npc_id;
+  EXECUTE format('SELECT count(*) FROM %I WHERE npc_id = $1 AND deleted_at IS NULL', TG_TABLE_NAME)
+    INTO active USING NEW.npc_id;
+  IF NEW.deleted_at IS NULL AND active >= 255 THEN
+    RAISE EXCEPTION 'npc % exceeds maximum active % limit (255)', NEW.npc_id, TG_ARGV[0];
   END IF;
   RETURN NEW;
 END $$;
@@ -290,11 +281,11 @@ CREATE TRIGGER before_npcs_update_protect_job_fields BEFORE UPDATE ON npcs
 CREATE TRIGGER trg_npc_shop_items_set_updated_at BEFORE UPDATE ON npc_shop_items
   FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 CREATE TRIGGER trg_npc_shop_items_limit BEFORE INSERT ON npc_shop_items
-  FOR EACH ROW EXECUTE FUNCTION enforce_npc_shop_item_limit();
+  FOR EACH ROW EXECUTE FUNCTION enforce_npc_list_limit('shop item');
 CREATE TRIGGER trg_npc_keywords_set_updated_at BEFORE UPDATE ON npc_keywords
   FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 CREATE TRIGGER trg_npc_keywords_limit BEFORE INSERT ON npc_keywords
-  FOR EACH ROW EXECUTE FUNCTION enforce_npc_keyword_limit();
+  FOR EACH ROW EXECUTE FUNCTION enforce_npc_list_limit('keyword');
 CREATE TRIGGER trg_npc_keyword_phrases_set_updated_at BEFORE UPDATE ON npc_keyword_phrases
   FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 CREATE TRIGGER trg_npc_keyword_phrases_rules BEFORE INSERT OR UPDATE ON npc_keyword_phrases
