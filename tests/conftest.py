@@ -12,6 +12,7 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,57 @@ def own_cluster() -> Iterator[EmbeddedPostgres]:
 
     with pgctl.own_cluster() as pg:
         yield pg
+
+
+# --- a Supabase-like cluster (tests/supabasekit.py) -------------------------------------------
+
+
+@dataclass
+class SupabaseTemplates:
+    """Template databases on the Supabase-like cluster, copied per test."""
+
+    cluster: Any
+    fresh: str  # a new Supabase project after `npcforge migrate`
+    original: str  # the original system's schema and data, not migrated
+    adopted: str  # `original` after `npcforge migrate`
+    data: Any  # supabasekit.OriginalData of `original` and `adopted`
+
+
+@pytest.fixture(scope="session")
+def supabase_pg() -> Iterator[Any]:
+    import supabasekit
+
+    with supabasekit.supabase_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+async def supabase_templates(supabase_pg: Any) -> SupabaseTemplates:
+    import supabasekit
+
+    cluster = supabase_pg
+    await supabasekit.create_roles(cluster)
+    for name, steps in (("supa_fresh", ("migrate",)), ("supa_original", ("original",))):
+        dsn = await cluster.create_database(name)
+        conn = await connect(dsn)
+        try:
+            if "migrate" in steps:
+                await migrate(conn)
+            else:
+                await conn.execute((supabasekit.SQL_DIR / "original_schema.sql").read_text("utf-8"))
+        finally:
+            await conn.close()
+    data = await supabasekit.seed_original_data(cluster, "supa_original")
+    conn = await connect(await cluster.create_database("supa_adopted", template="supa_original"))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return SupabaseTemplates(cluster, "supa_fresh", "supa_original", "supa_adopted", data)
+
+
+async def supabase_database(templates: SupabaseTemplates, template: str) -> str:
+    """A copy of one template database for one test; its name."""
+    name = f"s_{os.getpid()}_{next(_counter)}"
+    await templates.cluster.create_database(name, template=template)
+    return name

@@ -126,6 +126,40 @@ CREATE TABLE IF NOT EXISTS npcs (
     generation_job_error IS NULL OR jsonb_typeof(generation_job_error) = 'object')
 );
 
+-- Adopting a database that already holds the original system's `npcs` (the CREATE above was
+-- skipped): add the queue's columns. Existing rows get `generation_job_run_after` = the time of
+-- this migration, so a job the old system left `queued` is due at once; one it left
+-- `processing` has no lease, so the reaper takes it back. No existing column or row is changed.
+ALTER TABLE npcs
+  ADD COLUMN IF NOT EXISTS generation_job_attempts integer NOT NULL DEFAULT 0
+    CHECK (generation_job_attempts >= 0),
+  ADD COLUMN IF NOT EXISTS generation_job_run_after timestamptz DEFAULT now(),
+  ADD COLUMN IF NOT EXISTS generation_job_queued_at timestamptz,
+  ADD COLUMN IF NOT EXISTS generation_job_claimed_at timestamptz,
+  ADD COLUMN IF NOT EXISTS generation_job_finished_at timestamptz,
+  ADD COLUMN IF NOT EXISTS generation_job_updated_at timestamptz,
+  ADD COLUMN IF NOT EXISTS generation_job_lease_owner text,
+  ADD COLUMN IF NOT EXISTS generation_job_lease_token uuid,
+  ADD COLUMN IF NOT EXISTS generation_job_lease_expires_at timestamptz;
+-- The default only served the rows that were there; the enqueue trigger sets it from now on.
+ALTER TABLE npcs ALTER COLUMN generation_job_run_after DROP DEFAULT;
+DO $$
+BEGIN
+  -- The original's app always sends a client_request_id; npcforge's importer leaves it out.
+  IF NOT EXISTS (SELECT 1 FROM pg_attrdef d JOIN pg_attribute a
+                   ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                  WHERE d.adrelid = 'npcs'::regclass AND a.attname = 'client_request_id') THEN
+    ALTER TABLE npcs ALTER COLUMN client_request_id SET DEFAULT gen_random_uuid();
+  END IF;
+  -- New checks on old rows: NOT VALID, so rows written before are not judged by them.
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                  WHERE conrelid = 'npcs'::regclass AND conname = 'npcs_job_error_is_object') THEN
+    ALTER TABLE npcs ADD CONSTRAINT npcs_job_error_is_object CHECK (
+      generation_job_error IS NULL OR jsonb_typeof(generation_job_error) = 'object') NOT VALID;
+  END IF;
+END
+$$;
+
 COMMENT ON COLUMN npcs.generation_job_id IS 'ID of the latest XML generation job';
 COMMENT ON COLUMN npcs.generation_job_error IS 'Failure of the latest job: {"code","message","details"?,"requestId"?}';
 COMMENT ON COLUMN npcs.generation_job_lease_token IS 'Fencing token of the current claim; every write after the claim checks it';
@@ -195,6 +229,22 @@ CREATE TABLE IF NOT EXISTS npc_keyword_phrases (
     REFERENCES npc_keywords (id, npc_id) ON DELETE RESTRICT,
   CONSTRAINT npc_keyword_phrases_list_safe CHECK (npcforge_list_safe(phrase))
 );
+-- Adopted tables: the list-separator checks, NOT VALID and for active rows only, so the
+-- original app can still soft-delete (replace) an old row that holds a separator.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'npc_shop_items'::regclass
+                    AND conname = 'npc_shop_items_name_list_safe') THEN
+    ALTER TABLE npc_shop_items ADD CONSTRAINT npc_shop_items_name_list_safe
+      CHECK (deleted_at IS NOT NULL OR npcforge_list_safe(name)) NOT VALID;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'npc_keyword_phrases'::regclass
+                    AND conname = 'npc_keyword_phrases_list_safe') THEN
+    ALTER TABLE npc_keyword_phrases ADD CONSTRAINT npc_keyword_phrases_list_safe
+      CHECK (deleted_at IS NOT NULL OR npcforge_list_safe(phrase)) NOT VALID;
+  END IF;
+END
+$$;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_npc_keyword_phrases_unique_active
   ON npc_keyword_phrases (npc_id, lower(phrase)) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS idx_npc_keyword_phrases_keyword

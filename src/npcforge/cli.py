@@ -54,7 +54,11 @@ def sample_npc_data() -> Any:
 
 
 async def _with_conn(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
-    conn = await connect(settings.require_database_url(), application_name="npcforge-cli")
+    conn = await connect(
+        settings.require_database_url(),
+        application_name="npcforge-cli",
+        transaction_pooler=settings.transaction_pooler,
+    )
     try:
         return await body(conn)
     finally:
@@ -130,7 +134,10 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     check_worker_config(settings)
     storage = build_storage(settings)
-    worker = build_worker(settings, settings.require_database_url(), storage=storage)
+    worker = build_worker(
+        settings, settings.require_database_url(), storage=storage,
+        listen_dsn=settings.require_listen_url(), transaction_pooler=settings.transaction_pooler,
+    )  # fmt: skip
     # Handlers first: a SIGTERM during the start-up checks stops the worker before it claims.
     install_signal_handlers(worker.stop)
     metrics_server = None

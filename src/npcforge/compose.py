@@ -45,6 +45,7 @@ def build_provider(settings: Settings, dsn: str | None = None) -> Provider:
 def check_worker_config(settings: Settings) -> None:
     """Fail fast (exit 2) on anything the worker would need and does not have."""
     settings.require_database_url()
+    settings.require_listen_url()
     if settings.provider == "openrouter":
         settings.require_openrouter_key()
     if settings.storage == "supabase":
@@ -58,10 +59,21 @@ def offline_fallback(settings: Settings) -> Settings:
     return settings
 
 
-def build_worker(settings: Settings, dsn: str, storage: Storage | None = None) -> Worker:
+def build_worker(
+    settings: Settings,
+    dsn: str,
+    storage: Storage | None = None,
+    *,
+    listen_dsn: str | None = None,
+    transaction_pooler: bool = False,
+) -> Worker:
+    """The worker on `dsn`; LISTEN (its own and the rate gate's) on `listen_dsn` if given."""
     return Worker(
         dsn=dsn,
-        provider=build_provider(settings, dsn),
+        listen_dsn=listen_dsn,
+        transaction_pooler=transaction_pooler,
+        # The rate gate LISTENs on its one connection, so it needs a session too.
+        provider=build_provider(settings, listen_dsn or dsn),
         storage=storage or build_storage(settings),
         concurrency=settings.concurrency,
         lease_seconds=settings.lease_seconds,

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # A direct or session-mode URL for the worker's LISTEN, when DATABASE_URL is a transaction
+    # pooler (which hands the server connection to other clients after every transaction).
+    database_listen_url: str | None = Field(default=None, alias="DATABASE_LISTEN_URL")
+    # `transaction`: DATABASE_URL is a transaction-mode pooler (PgBouncer, Supavisor port 6543):
+    # no prepared-statement cache, no session settings. `none`/`session` behave alike.
+    db_pooler: Literal["none", "session", "transaction"] = Field(
+        default="none", alias="NPCFORGE_DB_POOLER"
+    )
 
     openrouter_api_key: SecretStr | None = Field(default=None, alias="OPENROUTER_API_KEY")
     openrouter_base_url: str = Field(
@@ -101,7 +109,9 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("log_level", "log_format", "provider", "storage", "auth", mode="before")
+    @field_validator(
+        "log_level", "log_format", "provider", "storage", "auth", "db_pooler", mode="before"
+    )
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -112,6 +122,7 @@ class Settings(BaseSettings):
         "metrics_port",
         "log_format",
         "jwks_url",
+        "database_listen_url",
         mode="before",
     )
     @classmethod
@@ -136,6 +147,24 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigError("DATABASE_URL is not set (a libpq URL such as postgresql://…)")
         return self.database_url
+
+    @property
+    def transaction_pooler(self) -> bool:
+        return self.db_pooler == "transaction"
+
+    def require_listen_url(self) -> str:
+        """The URL the worker LISTENs on: DATABASE_LISTEN_URL, else DATABASE_URL unless that is
+        a transaction pooler, where a LISTEN never hears its notifications."""
+        if self.database_listen_url:
+            return self.database_listen_url
+        if self.transaction_pooler:
+            raise ConfigError(
+                "NPCFORGE_DB_POOLER=transaction: the worker's LISTEN needs a connection that "
+                "stays its own, which a transaction pooler does not give; set DATABASE_LISTEN_URL "
+                "to the direct connection (on Supabase db.PROJECT_REF.supabase.co:5432) or to the "
+                "session pooler (port 5432)"
+            )
+        return self.require_database_url()
 
     def require_openrouter_key(self) -> str:
         if self.openrouter_api_key is None or not self.openrouter_api_key.get_secret_value():

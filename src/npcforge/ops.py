@@ -69,13 +69,20 @@ class Check:
     fix: str = ""
 
 
+async def _doctor_connect(dsn: str) -> Any:
+    # No prepared-statement cache: correct on a direct connection and behind any pooler.
+    return await connect(
+        dsn, application_name="npcforge-doctor", timeout=5, transaction_pooler=True
+    )
+
+
 async def _check_database(settings: Settings) -> tuple[Check, Any]:
     try:
         dsn = settings.require_database_url()
     except ConfigError as exc:
         return Check("database", False, str(exc), "set DATABASE_URL"), None
     try:
-        conn = await connect(dsn, application_name="npcforge-doctor", timeout=5)
+        conn = await _doctor_connect(dsn)
     except Exception as exc:
         return (
             Check("database", False, f"cannot connect ({type(exc).__name__})",
@@ -84,6 +91,42 @@ async def _check_database(settings: Settings) -> tuple[Check, Any]:
         )  # fmt: skip
     version = await conn.fetchval("SHOW server_version")
     return Check("database", True, f"connected, PostgreSQL {version}"), conn
+
+
+async def _shares_server_sessions(dsn: str, conn: Any) -> bool:
+    """Two client connections on one server session: a transaction (or statement) pooler.
+
+    `conn`'s statement releases its server connection at once behind such a pooler, and the
+    next client is handed the idle one (PgBouncer reuses the most recent). On a direct or
+    session-mode connection two clients never share a backend. Busy pools can hide it: a True
+    is proof, a False is not."""
+    first = await conn.fetchval("SELECT pg_backend_pid()")
+    other = await _doctor_connect(dsn)
+    try:
+        async with other.transaction():
+            second = await other.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await other.close()
+    return bool(first == second)
+
+
+async def _check_pooler(settings: Settings, pooled: bool) -> Check:
+    if pooled and not settings.transaction_pooler:
+        return Check(
+            "pooler", False,
+            "DATABASE_URL is a transaction-mode pooler (two connections shared one server "
+            "session); prepared statements and session settings break there",
+            "set NPCFORGE_DB_POOLER=transaction, and DATABASE_LISTEN_URL (a direct or "
+            "session-mode URL) for the worker",
+        )  # fmt: skip
+    if pooled:
+        return Check("pooler", True, "transaction-mode pooler on DATABASE_URL, as configured")
+    if settings.transaction_pooler:
+        return Check(
+            "pooler", True,
+            "NPCFORGE_DB_POOLER=transaction, no pooling seen on DATABASE_URL (works either way)",
+        )  # fmt: skip
+    return Check("pooler", True, "direct or session-mode connection")
 
 
 async def _check_migrations(conn: Any) -> Check:
@@ -98,7 +141,33 @@ async def _check_migrations(conn: Any) -> Check:
     return Check("migrations", True, "all applied")
 
 
-async def _check_listen(conn: Any) -> Check:
+async def _check_queue(conn: Any) -> Check:
+    row = await conn.fetchrow(q("doctor_queue"))
+    if row["webhooks"]:
+        return Check(
+            "queue", False,
+            "a Supabase Database Webhook is still on npcs (" + ", ".join(row["webhooks"]) + "): "
+            "the original worker would run every job a second time",
+            "delete the webhook in the dashboard (Database -> Webhooks)",
+        )  # fmt: skip
+    if row["unclaimable"]:
+        return Check(
+            "queue", False,
+            f"{row['unclaimable']} queued job(s) have no generation_job_run_after and are never "
+            "claimed",
+            "UPDATE npcs SET generation_job_run_after = now() WHERE generation_job_status = "
+            "'queued' AND generation_job_run_after IS NULL",
+        )  # fmt: skip
+    detail = f"{row['queued']} queued"
+    if row["unleased"]:
+        detail += (
+            f"; {row['unleased']} running without a lease (left by another system), taken back "
+            "by the worker once it runs"
+        )
+    return Check("queue", True, detail)
+
+
+async def _listen_round_trip(conn: Any, where: str) -> Check:
     channel = f"npcforge_doctor_{uuid.uuid4().hex[:12]}"
     got = asyncio.Event()
     await conn.add_listener(channel, lambda *_: got.set())
@@ -107,12 +176,40 @@ async def _check_listen(conn: Any) -> Check:
         await asyncio.wait_for(got.wait(), timeout=5)
     except TimeoutError:
         return Check(
-            "listen/notify", False, "no notification came back within 5 s",
+            "listen/notify", False, f"no notification came back within 5 s over {where}",
             "use a direct or session-mode connection (port 5432), never the transaction pooler",
         )  # fmt: skip
     finally:
         await conn.remove_listener(channel, lambda *_: None)
-    return Check("listen/notify", True, "round trip ok")
+    return Check("listen/notify", True, f"round trip ok over {where}")
+
+
+async def _check_listen(settings: Settings, conn: Any, pooled: bool) -> Check:
+    fix = "set DATABASE_LISTEN_URL to a direct or session-mode URL (on Supabase port 5432)"
+    if not settings.database_listen_url:
+        if pooled:
+            return Check(
+                "listen/notify", False,
+                "DATABASE_URL is a transaction-mode pooler: a LISTEN there loses its "
+                "notifications when the pooler hands the server connection to another client",
+                fix,
+            )  # fmt: skip
+        return await _listen_round_trip(conn, "DATABASE_URL")
+    try:
+        listen = await _doctor_connect(settings.database_listen_url)
+    except Exception as exc:
+        return Check(
+            "listen/notify", False, f"cannot connect to DATABASE_LISTEN_URL ({type(exc).__name__})",
+            "check DATABASE_LISTEN_URL, network access and credentials",
+        )  # fmt: skip
+    try:
+        if await _shares_server_sessions(settings.database_listen_url, listen):
+            return Check(
+                "listen/notify", False, "DATABASE_LISTEN_URL is a transaction-mode pooler too", fix
+            )
+        return await _listen_round_trip(listen, "DATABASE_LISTEN_URL")
+    finally:
+        await listen.close()
 
 
 async def _check_storage(settings: Settings) -> Check:
@@ -168,10 +265,15 @@ async def run_doctor(settings: Settings, *, json_output: bool = False) -> int:
     db_check, conn = await _check_database(settings)
     checks.append(db_check)
     later: list[Callable[[], Awaitable[Check]]] = []
-    if conn is not None:
-        later += [lambda: _check_migrations(conn), lambda: _check_listen(conn)]
-    later += [lambda: _check_storage(settings), lambda: _check_provider(settings)]
     try:
+        if conn is not None:
+            pooled = await _shares_server_sessions(settings.require_database_url(), conn)
+            checks.append(await _check_pooler(settings, pooled))
+            checks.append(await _check_migrations(conn))
+            if checks[-1].ok:  # the queue's columns are there
+                later.append(lambda: _check_queue(conn))
+            later.append(lambda: _check_listen(settings, conn, pooled))
+        later += [lambda: _check_storage(settings), lambda: _check_provider(settings)]
         for step in later:
             checks.append(await step())
     finally:

@@ -457,7 +457,8 @@ async def test_cors_allow_list(conn, db_dsn, storage_dir, npc):
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
-    assert refused.status_code == 400
+    assert allowed.headers["access-control-allow-credentials"] == "true"  # the session cookie
+    assert_error(refused, 403, "ORIGIN_NOT_ALLOWED")
     assert "access-control-allow-origin" not in refused.headers
     assert simple.headers["access-control-allow-origin"] == "https://admin.example"
     assert "retry-after" in simple.headers["access-control-expose-headers"].lower()
@@ -469,7 +470,9 @@ async def test_cors_allow_list(conn, db_dsn, storage_dir, npc):
         options = await api.client.options(f"/api/npcs/{npc_id}/generate", headers=preflight)
     assert plain.status_code == 200
     assert "access-control-allow-origin" not in plain.headers
-    assert_error(options, 405, "METHOD_NOT_ALLOWED")
+    # No origin is listed: a preflight learns why it is refused (not a bare 405).
+    assert_error(options, 403, "ORIGIN_NOT_ALLOWED")
+    assert "NPCFORGE_CORS_ORIGINS" in options.json()["error"]["message"]
 
 
 # --- operations endpoints and the envelope for everything else -------------------------------

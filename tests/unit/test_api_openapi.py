@@ -118,11 +118,16 @@ def test_security_follows_the_authenticator(tmp_path):
         Settings(NPCFORGE_AUTH="none"), storage=storage, authenticator=NoAuth()
     ).state.openapi
     start = "/api/npcs/{npcId}/generate"
-    assert secured["paths"][start]["post"]["security"] == [{"bearerAuth": []}]
+    assert secured["paths"][start]["post"]["security"] == [
+        {"bearerAuth": []}, {"supabaseSession": []},
+    ]  # fmt: skip
     assert "401" in secured["paths"][start]["post"]["responses"]
+    assert "403" in secured["paths"][start]["post"]["responses"]  # cookie writes: Origin
+    assert "403" not in secured["paths"]["/api/npcs/{npcId}/generation-jobs"]["get"]["responses"]
     assert secured["paths"]["/healthz"]["get"]["security"] == []
     assert open_doc["paths"][start]["post"]["security"] == []
     assert "401" not in open_doc["paths"][start]["post"]["responses"]
+    assert "403" not in open_doc["paths"][start]["post"]["responses"]
 
 
 def test_schemathesis_accepts_the_document(document):

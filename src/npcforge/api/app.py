@@ -24,6 +24,7 @@ from npcforge.api.errors import ApiError, error_response
 from npcforge.api.lookups import JobStatusLookups
 from npcforge.api.metrics import ApiMetrics, MetricsMiddleware
 from npcforge.api.openapi import Endpoint, build_openapi
+from npcforge.api.origins import PreflightGate
 from npcforge.api.ratelimit import StartRateLimiter
 from npcforge.api.routes import ENDPOINTS
 from npcforge.config import Settings
@@ -76,11 +77,14 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, "INTERNAL_SERVER_ERROR", "An unexpected error occurred."))
 
 
-async def create_api_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """The API changes no session state, so releasing a connection costs no round trip."""
+async def create_api_pool(
+    dsn: str, *, max_size: int = 10, transaction_pooler: bool = False
+) -> asyncpg.Pool:
+    """The API changes no session state, so releasing a connection costs no round trip (and it
+    works behind a transaction pooler)."""
     return await create_pool(
         dsn, max_size=max_size, application_name="npcforge-api", keep_session=True,
-        command_timeout=30.0,
+        command_timeout=30.0, transaction_pooler=transaction_pooler,
     )  # fmt: skip
 
 
@@ -97,7 +101,10 @@ def build_authenticator(settings: Settings) -> Authenticator:
 
 
 def build_middleware(settings: Settings, metrics: ApiMetrics) -> list[Middleware]:
-    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
+        Middleware(PreflightGate, allowed=settings.cors_origins),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -106,7 +113,8 @@ def build_middleware(settings: Settings, metrics: ApiMetrics) -> list[Middleware
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=["Retry-After"],
-                allow_credentials=False,  # bearer tokens, not cookies
+                # The session cookie may come along from listed origins (never with `*`).
+                allow_credentials=settings.auth == "jwt" and "*" not in settings.cors_origins,
                 max_age=600,
             )
         )
@@ -132,7 +140,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_pool = pool is None
-        app.state.pool = pool or await create_api_pool(settings.require_database_url())
+        app.state.pool = pool or await create_api_pool(
+            settings.require_database_url(), transaction_pooler=settings.transaction_pooler
+        )
         app.state.storage = storage
         app.state.authenticator = auth
         app.state.rate_limiter = StartRateLimiter(settings.generate_per_minute)

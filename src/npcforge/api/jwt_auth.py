@@ -23,6 +23,12 @@ from starlette.requests import Request
 
 from npcforge.api.auth import Principal, unauthorized
 from npcforge.api.errors import ApiError
+from npcforge.api.origins import SAFE_METHODS, OriginPolicy, forbidden_origin
+from npcforge.api.session_cookie import (
+    SessionCookieError,
+    access_token_from_cookies,
+    cookie_name_for,
+)
 from npcforge.config import Settings
 
 log = logging.getLogger("npcforge.api.auth")
@@ -193,7 +199,8 @@ def _audiences(claim: Any) -> list[str] | None:
 
 
 class JwtAuthenticator:
-    """Bearer access tokens issued by Supabase Auth (or anything signing the same way)."""
+    """Access tokens issued by Supabase Auth (or anything signing the same way): as a bearer
+    token, or in the session cookie of Supabase's SSR helpers (with an Origin check on writes)."""
 
     requires_token: ClassVar[bool] = True
 
@@ -216,20 +223,33 @@ class JwtAuthenticator:
             else None
         )
         self.verified = VerifiedTokens()
+        self.cookie_name = cookie_name_for(settings.supabase_url)
+        self.origins = OriginPolicy(settings.cors_origins)
         self._decoder = jwt.PyJWT(
             options={"require": ["exp"], "verify_aud": False, "verify_iss": False}
         )
 
-    async def authenticate(self, request: Request) -> Principal:
+    def _token(self, request: Request) -> str:
+        """The bearer token, else the session cookie's (a bearer header always wins)."""
         header = request.headers.get("authorization")
-        if header is None:
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise unauthorized()
+            return token.strip()
+        try:
+            from_cookie = access_token_from_cookies(request.cookies, self.cookie_name)
+        except SessionCookieError as exc:
+            raise unauthorized(exc.reason) from None
+        if from_cookie is None:
             raise unauthorized()
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise unauthorized()
-        token = token.strip()
-        if not token:
-            raise unauthorized()
+        # The browser attaches the cookie to any request to this host, whoever's page sent it.
+        if request.method not in SAFE_METHODS and not self.origins.allows_cookie_write(request):
+            raise forbidden_origin(request.headers.get("origin"))
+        return from_cookie
+
+    async def authenticate(self, request: Request) -> Principal:
+        token = self._token(request)
         if len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
             raise unauthorized("malformed")
         generation = self.jwks.generation if self.jwks is not None else 0

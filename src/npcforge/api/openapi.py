@@ -59,6 +59,7 @@ class Endpoint:
 _ERROR_TEXT = {
     400: "The request's input is invalid.",
     401: "No access token, or one that is invalid or expired.",
+    403: "The session cookie came from a page of an origin that may not use the API.",
     404: "Not found. Foreign and soft-deleted NPCs are not found either.",
     409: "A generation job is already queued or processing.",
     413: "The request body is larger than 256 KiB.",
@@ -84,6 +85,8 @@ def error_codes(endpoint: Endpoint, *, requires_token: bool) -> dict[int, tuple[
 
     if endpoint.authenticated and requires_token:
         add(401, "UNAUTHORIZED")
+        if endpoint.method not in ("GET", "HEAD"):
+            add(403, "ORIGIN_NOT_ALLOWED")  # cookie-authenticated writes only
         add(503, "AUTH_UNAVAILABLE")
     if endpoint.path_model is not None:
         add(400, "INVALID_PATH_PARAMETERS")
@@ -235,7 +238,7 @@ def build_openapi(
             }
         operation["responses"] = responses
         if endpoint.authenticated and requires_token:
-            operation["security"] = [{"bearerAuth": []}]
+            operation["security"] = [{"bearerAuth": []}, {"supabaseSession": []}]
         else:
             operation["security"] = []
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
@@ -258,6 +261,14 @@ def build_openapi(
                 "scheme": "bearer",
                 "bearerFormat": "JWT",
                 "description": "A Supabase Auth access token (the session's `access_token`).",
-            }
+            },
+            "supabaseSession": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "sb-PROJECT_REF-auth-token",
+                "description": "The session cookie of Supabase's SSR helpers (`base64-` JSON, "
+                "possibly split into `.0`, `.1`, …), for pages served from an allowed origin. "
+                "Requests that change state must carry an allowed `Origin`.",
+            },
         }
     return document

@@ -51,16 +51,31 @@ def _enable_keepalive(conn: asyncpg.Connection) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def _server_settings(application_name: str, *, synchronous_commit: bool = True) -> dict[str, str]:
-    settings = {"application_name": application_name}
-    if not synchronous_commit:
-        settings["synchronous_commit"] = "off"
-    return settings
+# Startup parameters are limited to what poolers pass on: PgBouncer and Supavisor refuse a
+# connection that sends any other (e.g. synchronous_commit); those are SET after connecting.
+def _server_settings(application_name: str) -> dict[str, str]:
+    return {"application_name": application_name}
 
 
-async def connect(dsn: str, *, application_name: str = "npcforge", timeout: float = 10.0) -> Any:
+def _statement_cache_size(transaction_pooler: bool) -> int:
+    # Behind a transaction pooler the next statement may reach another server connection,
+    # where a named prepared statement does not exist (or is someone else's); with the cache
+    # off asyncpg parses each statement again in the same round trip as it runs it.
+    return 0 if transaction_pooler else 100
+
+
+async def connect(
+    dsn: str,
+    *,
+    application_name: str = "npcforge",
+    timeout: float = 10.0,
+    transaction_pooler: bool = False,
+) -> Any:
     conn = await asyncpg.connect(
-        dsn, timeout=timeout, server_settings=_server_settings(application_name)
+        dsn,
+        timeout=timeout,
+        server_settings=_server_settings(application_name),
+        statement_cache_size=_statement_cache_size(transaction_pooler),
     )
     await init_connection(conn)
     return conn
@@ -79,19 +94,32 @@ async def create_pool(
     keep_session: bool = False,
     command_timeout: float = 60.0,
     synchronous_commit: bool = True,
+    transaction_pooler: bool = False,
 ) -> asyncpg.Pool:
     """A pool. `keep_session` saves the reset round trip on every release; asyncpg still rolls
-    back an open transaction."""
+    back an open transaction. `synchronous_commit=False` needs `keep_session` (a reset would
+    undo it) and is ignored behind a transaction pooler, where a session setting would stay on
+    a server connection that other clients use next."""
+    session_sql = (
+        None if synchronous_commit or transaction_pooler else "SET synchronous_commit = off"
+    )
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await init_connection(conn)
+        if session_sql is not None:
+            await conn.execute(session_sql)
+
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=init_connection,
+        init=init,
         reset=_keep_session if keep_session else None,
         timeout=10.0,
         command_timeout=command_timeout,
         max_inactive_connection_lifetime=300.0,
-        server_settings=_server_settings(application_name, synchronous_commit=synchronous_commit),
+        server_settings=_server_settings(application_name),
+        statement_cache_size=_statement_cache_size(transaction_pooler),
     )
     assert pool is not None
     return pool

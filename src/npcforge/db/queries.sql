@@ -417,3 +417,20 @@ SELECT n.id AS npc_id, n.owner_id, n.deleted_at, n.generation_job_id AS job_id,
        n.generation_job_attempts AS attempts
   FROM npcs n
  WHERE n.id = ANY($1::uuid[]);
+
+-- name: doctor_queue
+-- `npcforge doctor`: jobs that can never be claimed (queued with no run-after, e.g. written
+-- with the enqueue trigger disabled), jobs left running without a lease (by the system npcforge
+-- replaced; the reaper takes them back), and Supabase Database Webhooks still on `npcs` (the
+-- original's worker would run every job a second time).
+SELECT count(*) FILTER (WHERE generation_job_status = 'queued') AS queued,
+       count(*) FILTER (WHERE generation_job_status = 'queued'
+                          AND generation_job_run_after IS NULL) AS unclaimable,
+       count(*) FILTER (WHERE generation_job_status = 'processing'
+                          AND generation_job_lease_expires_at IS NULL) AS unleased,
+       (SELECT coalesce(array_agg(t.tgname::text ORDER BY t.tgname), '{}')
+          FROM pg_trigger t
+          JOIN pg_proc p ON p.oid = t.tgfoid
+         WHERE t.tgrelid = 'npcs'::regclass AND NOT t.tgisinternal
+           AND p.pronamespace::regnamespace::text = 'supabase_functions') AS webhooks
+  FROM npcs;

@@ -79,8 +79,14 @@ class Worker:
         db_timeout: float = 10.0,
         listener_probe_interval: float = 3.0,
         listener_probe_timeout: float = 5.0,
+        listen_dsn: str | None = None,
+        transaction_pooler: bool = False,
     ) -> None:
         self.dsn = dsn
+        # LISTEN needs a session of its own: behind a transaction pooler (`transaction_pooler`,
+        # the pools' DSN) it goes over `listen_dsn`, a direct or session-mode URL.
+        self.listen_dsn = listen_dsn or dsn
+        self.transaction_pooler = transaction_pooler
         self.provider = provider
         self.storage = storage
         self.concurrency = concurrency
@@ -99,7 +105,7 @@ class Worker:
         self.control: asyncpg.Pool | None = None  # claims, renewals, reaping, hand-back
         self.runner: JobRunner | None = None
         self.listener = Listener(
-            dsn,
+            self.listen_dsn,
             self._on_notify,
             self._on_listener_connected,
             probe_interval=listener_probe_interval,
@@ -296,6 +302,7 @@ class Worker:
             application_name="npcforge-worker",
             keep_session=True,
             synchronous_commit=synchronous_commit,
+            transaction_pooler=self.transaction_pooler,
         )
 
     async def _wait_unless_stopped(self, work: Awaitable[asyncpg.Pool]) -> asyncpg.Pool | None:
