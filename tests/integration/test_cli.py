@@ -100,6 +100,52 @@ async def test_bad_setting_exits_2_naming_it(db_dsn):
     assert "NPCFORGE_CONCURRENCY" in result.err
 
 
+_EVERY_COMMAND = [
+    ["migrate"], ["worker"], ["api"], ["enqueue", str(uuid.UUID(int=1))],
+    ["status", str(uuid.UUID(int=1))], ["jobs", "list"], ["jobs", "cancel", str(uuid.UUID(int=1))],
+    ["npc", "import", "npc.json"], ["doctor"], ["storage", "ensure-bucket"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", _EVERY_COMMAND, ids=" ".join)
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "garbage"),
+        ("DATABASE_URL", "postgresql://npcforge:pw-secret@localhost:abc/npcforge"),
+        ("SUPABASE_URL", "project-ref.supabase.co"),
+    ],
+)
+async def test_a_malformed_url_exits_2_at_start_naming_it_for_every_command(
+    tmp_path, command, variable, value
+):
+    (tmp_path / "npc.json").write_text(json.dumps(sample_data()))
+    settings = {
+        "NPCFORGE_PROVIDER": "template", "NPCFORGE_STORAGE": "filesystem",
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none", variable: value,
+    }  # fmt: skip
+    env = cli_env(**settings)
+    result = await run_cli(*command, env=env, cwd=tmp_path)
+    assert result.code == 2, (result.out, result.err)
+    assert f"{variable}: " in result.err
+    assert "Traceback" not in result.err and "secret" not in result.err
+    assert result.out == ""
+
+
+async def test_a_url_asyncpg_refuses_stops_the_worker_with_2_instead_of_retrying(tmp_path):
+    # Well-formed, so it passes the start-up check; asyncpg refuses the parameter on connect.
+    env = cli_env(
+        NPCFORGE_PROVIDER="template", NPCFORGE_STORAGE="filesystem",
+        NPCFORGE_STORAGE_DIR=str(tmp_path.parent), NPCFORGE_BUCKET=tmp_path.name,
+        NPCFORGE_LOG_FORMAT="text",
+        DATABASE_URL="postgresql://postgres@127.0.0.1:1/none?target_session_attrs=sometimes",
+    )  # fmt: skip
+    result = await run_cli("worker", env=env, cwd=tmp_path, timeout=60)
+    assert result.code == 2, result.err
+    assert "DATABASE_URL: target_session_attrs" in result.err
+    assert "retrying" not in result.err
+
+
 async def test_worker_without_key_refuses_to_start(db_dsn):
     result = await run_cli(
         "worker", env=cli_env(DATABASE_URL=db_dsn, NPCFORGE_STORAGE="filesystem")

@@ -79,3 +79,103 @@ def test_provider_connections_follow_concurrency_unless_set():
     assert Settings(NPCFORGE_CONCURRENCY=100).effective_openrouter_connections == 100
     explicit = Settings(NPCFORGE_CONCURRENCY=100, OPENROUTER_MAX_CONNECTIONS=2)
     assert explicit.effective_openrouter_connections == 2
+
+
+# --- only the documented names are read ------------------------------------------------------
+
+
+def _bare_names() -> list[str]:
+    """Every field's own name where it differs from its documented name (AUTH, HOME, ...)."""
+    from npcforge.config import Settings
+
+    return [
+        name.upper()
+        for name, field in Settings.model_fields.items()
+        if name.upper() != (field.alias or "").upper()
+    ]
+
+
+@pytest.fixture
+def no_npcforge_env(monkeypatch, tmp_path):
+    from npcforge.config import Settings
+
+    monkeypatch.chdir(tmp_path)  # no .env but the one a test writes
+    for field in Settings.model_fields.values():
+        if field.alias:
+            monkeypatch.delenv(field.alias, raising=False)
+    return tmp_path
+
+
+def test_a_bare_field_name_changes_nothing_in_the_environment_or_dotenv(
+    monkeypatch, no_npcforge_env
+):
+    bare = _bare_names()
+    assert {"AUTH", "HOME", "PROVIDER", "STORAGE", "CONCURRENCY"} <= set(bare)
+    documented = load_settings()
+    # "7" is a valid value for most types and an invalid one for the rest: read, it would
+    # change the settings or fail them.
+    for name in bare:
+        monkeypatch.setenv(name, "7")
+    assert load_settings() == documented
+    for name in bare:
+        monkeypatch.delenv(name)
+    (no_npcforge_env / ".env").write_text("".join(f"{name}=7\n" for name in bare))
+    assert load_settings() == documented
+    # the documented names do count, in both places
+    (no_npcforge_env / ".env").write_text("NPCFORGE_AUTH=none\n")
+    monkeypatch.setenv("NPCFORGE_HOME", "/srv/npcforge")
+    settings = load_settings()
+    assert settings.auth == "none" and str(settings.home) == "/srv/npcforge"
+
+
+def test_bare_field_names_are_not_keyword_arguments_either(no_npcforge_env):
+    from npcforge.config import Settings
+
+    fields = {name: "7" for name in Settings.model_fields if name.upper() in _bare_names()}
+    assert Settings(**fields) == Settings()
+
+
+# --- URL settings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("DATABASE_URL", "garbage", "not a URL"),
+        ("DATABASE_URL", "host=/tmp user=postgres", "key=value form"),
+        ("DATABASE_URL", "mysql://u@h/db", "postgresql://"),
+        ("DATABASE_URL", "postgresql://u:pw-secret@h:abc/db", "port"),
+        ("DATABASE_URL", "postgresql://u:pw-secret@h:99999/db", "port"),
+        ("DATABASE_URL", "postgresql://u:pw/secret@h:5432/db", "port"),
+        ("DATABASE_URL", "postgresql://u:pw@secret@h/db", "more than one @"),
+        ("DATABASE_URL", "postgresql://u@[::1/db", "not a valid URL"),
+        ("DATABASE_URL", "postgresql://u@h/db?sslmode=sometimes", "sslmode"),
+        ("SUPABASE_URL", "project.supabase.co", "http://"),
+        ("SUPABASE_URL", "https://project.supabase.co:port", "port"),
+        ("OPENROUTER_BASE_URL", "openrouter.ai/api/v1", "http://"),
+        ("NPCFORGE_JWKS_URL", "file:///etc/jwks.json", "http://"),
+        ("APP_URL", "my site", "http://"),
+    ],
+)
+def test_a_malformed_url_is_a_configuration_error_naming_the_variable(
+    monkeypatch, no_npcforge_env, variable, value, says
+):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert f"{variable}: " in str(info.value) and says in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://postgres:@/postgres?host=/tmp/npcforge-pg-x/data",  # the embedded form
+        "postgres://u:p%40ss@db.example.com:6543/postgres?sslmode=require",
+        "postgresql://u@[::1]:5432,replica:5433/db?target_session_attrs=read-write",
+        "postgresql:///db",
+    ],
+)
+def test_well_formed_database_urls_are_accepted(monkeypatch, no_npcforge_env, value):
+    monkeypatch.setenv("DATABASE_URL", value)
+    assert load_settings().database_url == value
