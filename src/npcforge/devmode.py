@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from npcforge.cli import install_signal_handlers, sample_npc_data
+from npcforge.cli import findings_of, install_signal_handlers, sample_npc_data
 from npcforge.compose import build_worker, offline_fallback
 from npcforge.config import Settings
 from npcforge.db.connect import connect
@@ -94,6 +94,8 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
         if row["status"] == "failed":
             error = row["error"] or {}
             _say(f"npcforge: job failed: {error.get('code')}: {error.get('message')}")
+            for finding in findings_of(error):
+                _say(f"  - {finding}")
             return EXIT_FAILURE
         data = await storage.get(xml_key(npc_id))
         if data is None:
