@@ -55,7 +55,9 @@ def test_every_document_names_exactly_the_shipped_migrations() -> None:
 
 def test_the_check_notices_a_stale_listing() -> None:
     shipped = ["0001_schema", "0002_supabase", "0003_rate_limit"]
-    fine = "```sh\ncp sql/migrations/0001_schema.sql a\ncp 0002_supabase.sql b\n0003_rate_limit\n```"
+    fine = (
+        "```sh\ncp sql/migrations/0001_schema.sql a\ncp 0002_supabase.sql b\n0003_rate_limit\n```"
+    )
     assert migration_problems(fine + "\nSee `0002_supabase.sql`.", shipped) == []
     stale = "```sh\nnpcforge migrate\n# applied 2 migration(s): 0001_schema, 0002_supabase\n```"
     assert len(migration_problems(stale, shipped)) == 2
