@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -29,7 +28,7 @@ from npcforge.db.queries import q
 from npcforge.errors import StorageError
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from npcforge.importer import ImportError_, insert_npc, parse_npc, read_npc_file
-from npcforge.logs import configure_logging
+from npcforge.logs import configure_logging, say
 from npcforge.storage.base import Storage
 
 log = logging.getLogger("npcforge")
@@ -59,7 +58,8 @@ async def _with_conn(settings: Settings, body: Callable[[Any], Awaitable[int]]) 
 
 
 def install_signal_handlers(on_first: Callable[[], None]) -> None:
-    """First SIGTERM/SIGINT: graceful stop. A second one: exit at once."""
+    """First SIGTERM/SIGINT/SIGHUP: graceful stop. A second one: exit at once, after stopping
+    any embedded PostgreSQL this process started."""
     loop = asyncio.get_running_loop()
     count = 0
 
@@ -71,10 +71,18 @@ def install_signal_handlers(on_first: Callable[[], None]) -> None:
             on_first()
         else:
             log.warning("second signal; exiting now", extra={"signal": signame})
+            from npcforge.embedded import stop_all
+
+            stop_all()
             os._exit(EXIT_FAILURE)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, handler, sig.name)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM or SIGHUP in a command that is not a daemon: stop as Ctrl-C does (exit 1)."""
+    raise KeyboardInterrupt
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -151,7 +159,6 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.api.server import serve_api
 
-    settings.require_database_url()
     await serve_api(settings, host=args.host, port=args.port)
     return EXIT_OK
 
@@ -195,7 +202,7 @@ async def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
                     f"; skipped {skipped} NPC(s) whose job is queued or processing "
                     "(--force replaces them)"
                 )
-            print(note, file=sys.stderr)
+            say(note)
         return EXIT_OK
 
     return await _with_conn(settings, body)
@@ -353,7 +360,7 @@ def _listen_options(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     parser.add_argument(
-        "--port", type=int, default=8080, help="TCP port to listen on (default: %(default)s)"
+        "--port", type=_port, default=8080, help="TCP port to listen on (default: %(default)s)"
     )
 
 
@@ -471,29 +478,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a TCP port (1-65535)")
+    return int(value)
+
+
+def _fail(exc: BaseException, code: int, text: str | None = None) -> int:
+    say(f"npcforge: {text or exc}", level=logging.ERROR, exit_code=code)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)  # daemons replace these with a graceful stop
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"npcforge: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        configure_logging()
+        return _fail(exc, EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)
     try:
         code: int = asyncio.run(args.run(settings, args))
         return code
     except (ConfigError, UsageError, ImportError_, MigrationError) as exc:
-        print(f"npcforge: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE)
     except CommandFailed as exc:
-        print(f"npcforge: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(exc, EXIT_FAILURE)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"npcforge: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(exc, EXIT_FAILURE, f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
-        return EXIT_FAILURE
+        return _fail(KeyboardInterrupt(), EXIT_FAILURE, "interrupted")
 
 
 __all__ = ["main", "parse_npc", "sample_npc_data"]

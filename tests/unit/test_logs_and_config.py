@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 
 import pytest
 
@@ -13,10 +15,13 @@ from npcforge.logs import configure_logging
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    logger = logging.getLogger("npcforge")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger, root = logging.getLogger("npcforge"), logging.getLogger()
+    saved = (logger.handlers[:], logger.level, logger.propagate, root.handlers[:], root.level)
+    hooks = (sys.excepthook, threading.excepthook)
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    logger.handlers[:], logger.level, logger.propagate, root.handlers[:], root.level = saved
+    sys.excepthook, threading.excepthook = hooks
+    logging.captureWarnings(False)
 
 
 def _emit(capsys, fmt):
@@ -46,6 +51,46 @@ def test_text_format_is_readable(capsys):
 def test_default_format_is_json_when_not_a_terminal(capsys):
     (line,) = _emit(capsys, None)  # pytest's captured stderr is not a TTY
     assert json.loads(line)["msg"] == "job succeeded"
+
+
+def test_in_json_mode_every_logger_writes_one_json_object_per_line(capsys):
+    import warnings
+
+    configure_logging("info", "json")
+    try:
+        raise ConnectionResetError("connection lost\nsecond line of the message")
+    except ConnectionResetError:
+        logging.getLogger("asyncpg.pool").warning("error on connection", exc_info=True)
+        logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=True)
+        sys.excepthook(*sys.exc_info())  # as Python reports an uncaught exception
+    logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
+    logging.getLogger("uvicorn.error").info("below the libraries' level: not written")
+    warnings.warn("a library's warning", UserWarning, stacklevel=1)
+    thread = threading.Thread(target=lambda: 1 / 0, name="helper")
+    thread.start()
+    thread.join()
+    lines = capsys.readouterr().err.splitlines()
+    docs = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert [d["logger"] for d in docs] == [
+        "asyncpg.pool", "asyncio", "npcforge", "uvicorn.error", "py.warnings", "npcforge",
+    ]  # fmt: skip
+    assert "ConnectionResetError: connection lost" in docs[0]["exc"]
+    assert docs[0]["exc"].startswith("Traceback") and docs[0]["exc_type"] == "ConnectionResetError"
+    assert docs[2]["level"] == "critical" and "uncaught" in docs[2]["msg"]
+    assert "a library's warning" in docs[4]["msg"]
+    assert docs[5]["exc_type"] == "ZeroDivisionError" and docs[5]["thread_name"] == "helper"
+
+
+def test_say_writes_plain_text_or_a_json_record(capsys):
+    from npcforge.logs import say
+
+    configure_logging("error", "text")
+    say("npcforge: queued 2 job(s)")
+    assert capsys.readouterr().err == "npcforge: queued 2 job(s)\n"
+    configure_logging("error", "json")  # shown whatever the level: the user asked for it
+    say("npcforge: queued 2 job(s)")
+    doc = json.loads(capsys.readouterr().err)
+    assert doc["msg"] == "npcforge: queued 2 job(s)" and doc["logger"] == "npcforge.cli"
 
 
 def test_log_settings_are_validated(monkeypatch):
