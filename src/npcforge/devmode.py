@@ -87,6 +87,7 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
                 say("npcforge: the worker stopped before the job finished")
                 return EXIT_FAILURE
             if interrupted.is_set():
+                worker.shutdown_seconds = 0  # nothing to wait for: the database goes too
                 say("npcforge: interrupted; the demo's database is removed")
                 return EXIT_FAILURE
             await asyncio.sleep(0.05)
