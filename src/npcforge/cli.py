@@ -49,7 +49,25 @@ def sample_npc_data() -> Any:
     return json.loads(text)
 
 
-async def _with_conn(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
+def with_dev_database(settings: Settings) -> Settings:
+    """For the operator commands only (never worker, api or migrate): without DATABASE_URL, the
+    database of a running `npcforge dev` under NPCFORGE_HOME, said on stderr."""
+    if settings.database_url:
+        return settings
+    from npcforge.embedded import running_dev_url
+
+    url = running_dev_url(settings.home)
+    if url is None:
+        return settings
+    say(f"npcforge: DATABASE_URL is not set; using the running `npcforge dev` database ({url})")
+    return settings.model_copy(update={"database_url": url})
+
+
+async def _with_conn(
+    settings: Settings, body: Callable[[Any], Awaitable[int]], *, dev_database: bool = True
+) -> int:
+    if dev_database:
+        settings = with_dev_database(settings)
     conn = await connect(settings.require_database_url(), application_name="npcforge-cli")
     try:
         return await body(conn)
@@ -96,7 +114,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
-    return await _with_conn(settings, body)
+    return await _with_conn(settings, body, dev_database=False)
 
 
 async def _check_storage_at_start(storage: Storage) -> None:
@@ -330,7 +348,7 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge import ops
 
-    return await ops.run_doctor(settings, json_output=args.json)
+    return await ops.run_doctor(with_dev_database(settings), json_output=args.json)
 
 
 # --- parser ------------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ from npcforge.compose import build_worker, offline_fallback
 from npcforge.config import Settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
-from npcforge.embedded import EmbeddedPostgres, persistent_postgres, temporary_postgres
+from npcforge.embedded import (
+    EmbeddedPostgres,
+    cli_database_url,
+    persistent_postgres,
+    temporary_postgres,
+)
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from npcforge.importer import insert_npc, parse_npc
 from npcforge.logs import say
@@ -181,8 +186,3 @@ async def _serve_dev(
         await asyncio.gather(running, return_exceptions=True)
         await worker.provider.close()
     return EXIT_OK
-
-
-def cli_database_url(dsn: str) -> str:
-    """The embedded server's URL in the form DATABASE_URL, psql and asyncpg all accept."""
-    return dsn.replace("postgresql://postgres:@/", "postgresql://postgres@/", 1)

