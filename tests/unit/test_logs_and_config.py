@@ -63,8 +63,8 @@ def test_in_json_mode_every_logger_writes_one_json_object_per_line(capsys):
         logging.getLogger("asyncpg.pool").warning("error on connection", exc_info=True)
         logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=True)
         sys.excepthook(*sys.exc_info())  # as Python reports an uncaught exception
-    logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
-    logging.getLogger("uvicorn.error").info("below the libraries' level: not written")
+    logging.getLogger("aiohttp.server").warning("Error handling request")
+    logging.getLogger("aiohttp.server").info("below the libraries' level: not written")
     warnings.warn("a library's warning", UserWarning, stacklevel=1)
     thread = threading.Thread(target=lambda: 1 / 0, name="helper")
     thread.start()
@@ -72,7 +72,7 @@ def test_in_json_mode_every_logger_writes_one_json_object_per_line(capsys):
     lines = capsys.readouterr().err.splitlines()
     docs = [json.loads(line) for line in lines]  # every line is one JSON object
     assert [d["logger"] for d in docs] == [
-        "asyncpg.pool", "asyncio", "npcforge", "uvicorn.error", "py.warnings", "npcforge",
+        "asyncpg.pool", "asyncio", "npcforge", "aiohttp.server", "py.warnings", "npcforge",
     ]  # fmt: skip
     assert "ConnectionResetError: connection lost" in docs[0]["exc"]
     assert docs[0]["exc"].startswith("Traceback") and docs[0]["exc_type"] == "ConnectionResetError"
