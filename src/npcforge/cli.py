@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
@@ -21,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from npcforge import __version__
+from npcforge.api.dto import json_document
 from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import MigrationError, migrate
@@ -28,7 +28,7 @@ from npcforge.db.queries import q
 from npcforge.errors import StorageError
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from npcforge.importer import ImportError_, insert_npc, parse_npc, read_npc_file
-from npcforge.logs import configure_logging
+from npcforge.logs import configure_logging, say
 from npcforge.storage.base import Storage
 
 log = logging.getLogger("npcforge")
@@ -44,16 +44,30 @@ def _uuid_arg(value: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
 
 
-def _print_json(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, default=str))
-
-
 def sample_npc_data() -> Any:
     text = resources.files("npcforge.data").joinpath("sample_npc.json").read_text("utf-8")
     return json.loads(text)
 
 
-async def _with_conn(settings: Settings, body: Callable[[Any], Awaitable[int]]) -> int:
+def with_dev_database(settings: Settings) -> Settings:
+    """For the operator commands only (never worker, api or migrate): without DATABASE_URL, the
+    database of a running `npcforge dev` under NPCFORGE_HOME, said on stderr."""
+    if settings.database_url:
+        return settings
+    from npcforge.embedded import running_dev_url
+
+    url = running_dev_url(settings.home)
+    if url is None:
+        return settings
+    say(f"npcforge: DATABASE_URL is not set; using the running `npcforge dev` database ({url})")
+    return settings.model_copy(update={"database_url": url})
+
+
+async def _with_conn(
+    settings: Settings, body: Callable[[Any], Awaitable[int]], *, dev_database: bool = True
+) -> int:
+    if dev_database:
+        settings = with_dev_database(settings)
     conn = await connect(
         settings.require_database_url(),
         application_name="npcforge-cli",
@@ -66,7 +80,8 @@ async def _with_conn(settings: Settings, body: Callable[[Any], Awaitable[int]]) 
 
 
 def install_signal_handlers(on_first: Callable[[], None]) -> None:
-    """First SIGTERM/SIGINT: graceful stop. A second one: exit at once."""
+    """First SIGTERM/SIGINT/SIGHUP: graceful stop. A second one: exit at once, after stopping
+    any embedded PostgreSQL this process started."""
     loop = asyncio.get_running_loop()
     count = 0
 
@@ -78,10 +93,18 @@ def install_signal_handlers(on_first: Callable[[], None]) -> None:
             on_first()
         else:
             log.warning("second signal; exiting now", extra={"signal": signame})
+            from npcforge.embedded import stop_all
+
+            stop_all()
             os._exit(EXIT_FAILURE)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, handler, sig.name)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM or SIGHUP in a command that is not a daemon: stop as Ctrl-C does (exit 1)."""
+    raise KeyboardInterrupt
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -95,7 +118,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
-    return await _with_conn(settings, body)
+    return await _with_conn(settings, body, dev_database=False)
 
 
 async def _check_storage_at_start(storage: Storage) -> None:
@@ -161,22 +184,50 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.api.server import serve_api
 
-    settings.require_database_url()
     await serve_api(settings, host=args.host, port=args.port)
     return EXIT_OK
 
 
 async def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from npcforge.api.dto import QueuedJobOut
+
+    if args.npc_ids and (args.all or args.where_status):
+        raise UsageError("name NPC_IDs or select with --all / --where-status, not both")
+    if not (args.npc_ids or args.all or args.where_status):
+        raise UsageError("name at least one NPC_ID, or select NPCs with --all or --where-status")
+
     async def body(conn: Any) -> int:
-        try:
-            job_id = await conn.fetchval(q("enqueue"), args.npc_id, args.force)
-        except asyncpg.RaiseError as exc:
-            raise CommandFailed(_sql_message(exc)) from None
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate in ("P0002", "55P03"):
-                raise CommandFailed(_sql_message(exc)) from None
-            raise
-        print(job_id)
+        if args.npc_ids:
+            ids = list(dict.fromkeys(args.npc_ids))  # once each, in the order given
+            try:
+                rows = await conn.fetch(q("enqueue"), ids, args.force)
+            except asyncpg.PostgresError as exc:
+                if not isinstance(exc, asyncpg.RaiseError) and exc.sqlstate not in (
+                    "P0002",
+                    "55P03",
+                ):
+                    raise
+                nothing = "; nothing was queued" if len(ids) > 1 else ""
+                raise CommandFailed(_sql_message(exc) + nothing) from None
+            skipped = 0
+        else:
+            selected = await conn.fetch(q("enqueue_where"), args.where_status, args.force)
+            rows = [row for row in selected if row["job_id"] is not None]
+            skipped = len(selected) - len(rows)
+        jobs = [QueuedJobOut(npc_id=row["npc_id"], job_id=row["job_id"]) for row in rows]
+        if args.json:
+            print(json_document(list(jobs)))
+        else:
+            for job in jobs:
+                print(job.job_id)
+        if not args.npc_ids:
+            note = f"npcforge: queued {len(jobs)} job(s)"
+            if skipped:
+                note += (
+                    f"; skipped {skipped} NPC(s) whose job is queued or processing "
+                    "(--force replaces them)"
+                )
+            say(note)
         return EXIT_OK
 
     return await _with_conn(settings, body)
@@ -187,34 +238,61 @@ def _sql_message(exc: Exception) -> str:
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from npcforge.api.dto import NpcJobOut
+
     async def body(conn: Any) -> int:
         row = await conn.fetchrow(q("job_status"), args.npc_id)
         if row is None or row["deleted_at"] is not None:
             raise CommandFailed(f"NPC {args.npc_id} does not exist or is deleted")
-        doc = {
-            "npcId": str(row["npc_id"]),
-            "jobId": str(row["job_id"]) if row["job_id"] else None,
-            "status": row["status"],
-            "attempts": row["attempts"],
-            "startedAt": row["started_at"],
-            "updatedAt": row["updated_at"],
-            "runAfter": row["run_after"] if row["status"] == "queued" else None,
-            "finishedAt": row["finished_at"],
-            "contentSizeBytes": row["content_size_bytes"],
-            "error": row["error"],
-        }
+        error = row["error"] if row["status"] == "failed" and row["error"] else None
+        state = NpcJobOut(
+            npc_id=row["npc_id"],
+            job_id=row["job_id"],
+            status=row["status"],
+            attempts=row["attempts"],
+            started_at=row["started_at"],
+            updated_at=row["updated_at"],
+            run_after=row["run_after"] if row["status"] == "queued" else None,
+            finished_at=row["finished_at"],
+            # The size of the file this job stored; an earlier job's file is not this job's.
+            content_size_bytes=row["content_size_bytes"] if row["status"] == "succeeded" else None,
+            error=_job_error(error) if error else None,
+        )
         if args.json:
-            _print_json(doc)
-        else:
-            line = f"{doc['status'] or 'no job'}"
-            if doc["jobId"]:
-                line += f"  job {doc['jobId']}  attempts {doc['attempts']}"
-            if doc["error"]:
-                line += f"  error {doc['error'].get('code')}: {doc['error'].get('message')}"
-            print(line)
+            print(json_document(state))
+            return EXIT_OK
+        line: str = state.status or "no job"
+        if state.job_id:
+            line += f"  job {state.job_id}  attempts {state.attempts}"
+        if state.error:
+            line += f"  error {state.error.code}: {state.error.message}"
+        print(line)
+        for finding in findings_of(state.error):
+            print(f"  - {finding}")
         return EXIT_OK
 
     return await _with_conn(settings, body)
+
+
+def _job_error(error: Any) -> Any:
+    from pydantic import ValidationError
+
+    from npcforge.api.dto import JobErrorDetailOut
+
+    try:
+        return JobErrorDetailOut.model_validate(error)
+    except ValidationError:  # a row another system wrote: keep what can be shown
+        code = error.get("code") if isinstance(error, dict) else None
+        return JobErrorDetailOut(code=str(code or "INTERNAL"), message=str(error))
+
+
+def findings_of(error: Any) -> list[str]:
+    """The validator's findings an AI_INVALID_XML error carries, as lines to show."""
+    details = getattr(error, "details", None)
+    if details is None and isinstance(error, dict):
+        details = error.get("details")
+    found = details.get("findings") if isinstance(details, dict) else None
+    return [str(item) for item in found] if isinstance(found, list) else []
 
 
 async def cmd_npc_import(settings: Settings, args: argparse.Namespace) -> int:
@@ -277,111 +355,187 @@ async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge import ops
 
-    return await ops.run_doctor(settings, json_output=args.json)
+    return await ops.run_doctor(with_dev_database(settings), json_output=args.json)
 
 
 # --- parser ------------------------------------------------------------------------------------
 
 
+_JOB_STATUSES = ["queued", "processing", "succeeded", "failed"]
+_JSON_HELP = "print JSON (camelCase keys, ISO 8601 times, as the HTTP API) instead of text"
+_NPC_ID_HELP = "the NPC's id (a UUID)"
+
+
+def _command(
+    sub: Any, name: str, summary: str, run: Callable[..., Awaitable[int]], **defaults: Any
+) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is also the description its --help shows."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary)
+    parser.set_defaults(run=run, **defaults)
+    return parser
+
+
+def _group(sub: Any, name: str, summary: str, dest: str) -> Any:
+    parser = sub.add_parser(name, help=summary, description=summary)
+    return parser.add_subparsers(dest=dest, metavar="SUBCOMMAND", required=True)
+
+
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8080, help="TCP port to listen on (default: %(default)s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npcforge",
-        description="Turn NPC records in PostgreSQL into Jiddo NPC XML with a language model.",
+        description="Turn NPC records in PostgreSQL into Jiddo NPC XML with a language model. "
+        "Settings come from the environment or ./.env (see the README). Exit codes: 0 success, "
+        "2 usage or configuration error, 1 any other failure.",
     )
-    parser.add_argument("--version", action="version", version=f"npcforge {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"npcforge {__version__}",
+        help="print the version and exit",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("migrate", help="apply sql/migrations to DATABASE_URL (idempotent)")
-    p.set_defaults(run=cmd_migrate)
+    _command(sub, "migrate", "apply sql/migrations to DATABASE_URL (idempotent)", cmd_migrate)
+    _command(sub, "worker", "run the generation daemon until SIGTERM/SIGINT", cmd_worker)
+    _listen_options(_command(sub, "api", "serve the HTTP API under uvicorn", cmd_api))
+    _listen_options(
+        _command(
+            sub, "dev", "embedded PostgreSQL + worker + API on 127.0.0.1, until Ctrl-C",
+            cmd_dev, embedded=True,
+        )
+    )  # fmt: skip
+    _command(
+        sub, "demo", "generate the bundled sample NPC once, print its XML, exit", cmd_demo,
+        embedded=True,
+    )  # fmt: skip
 
-    p = sub.add_parser("worker", help="run the generation daemon until SIGTERM/SIGINT")
-    p.set_defaults(run=cmd_worker)
-
-    p = sub.add_parser("api", help="serve the HTTP API under uvicorn")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.set_defaults(run=cmd_api)
-
-    p = sub.add_parser("dev", help="embedded PostgreSQL + worker + API on 127.0.0.1, until Ctrl-C")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.set_defaults(run=cmd_dev, embedded=True)
-
-    p = sub.add_parser("demo", help="generate the bundled sample NPC once, print its XML, exit")
-    p.set_defaults(run=cmd_demo, embedded=True)
-
-    p = sub.add_parser("enqueue", help="queue a generation job for an NPC; prints the job id")
-    p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID")
-    p.add_argument("--force", action="store_true", help="replace a queued or running job")
-    p.set_defaults(run=cmd_enqueue)
-
-    p = sub.add_parser("status", help="show an NPC's current job")
-    p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_status)
-
-    npc = sub.add_parser("npc", help="NPC records").add_subparsers(
-        dest="npc_command", metavar="SUBCOMMAND", required=True
+    p = _command(
+        sub, "enqueue",
+        "queue generation jobs for NPCs named by id, or selected with --all / --where-status; "
+        "prints one job id per line",
+        cmd_enqueue,
+    )  # fmt: skip
+    p.add_argument(
+        "npc_ids", nargs="*", type=_uuid_arg, metavar="NPC_ID",
+        help="NPCs to queue, each once, in this order; all or none are queued",
+    )  # fmt: skip
+    p.add_argument(
+        "--all", action="store_true", help="select every NPC that is not deleted (default: off)"
     )
-    p = npc.add_parser("import", help="create an NPC from a JSON file; prints its id")
-    p.add_argument("file", metavar="FILE.json")
-    p.set_defaults(run=cmd_npc_import)
+    p.add_argument(
+        "--where-status", action="append", choices=["none", *_JOB_STATUSES], metavar="STATUS",
+        help="select NPCs whose current job has this status (none: never generated); "
+        "repeat for several; one of: none, " + ", ".join(_JOB_STATUSES) + " (default: no "
+        "selection)",
+    )  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true",
+        help="also replace a queued or running job (it is superseded and cannot publish); "
+        "without it a named NPC with such a job is an error and a selected one is skipped "
+        "(default: off)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
-    storage = sub.add_parser("storage", help="object storage").add_subparsers(
-        dest="storage_command", metavar="SUBCOMMAND", required=True
-    )
-    p = storage.add_parser("ensure-bucket", help="create the bucket (private) if missing")
-    p.set_defaults(run=cmd_storage_ensure_bucket)
+    p = _command(sub, "status", "show an NPC's current job", cmd_status)
+    p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID", help=_NPC_ID_HELP)
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
-    jobs = sub.add_parser("jobs", help="list, retry and cancel jobs").add_subparsers(
-        dest="jobs_command", metavar="SUBCOMMAND", required=True
+    npc = _group(sub, "npc", "NPC records", "npc_command")
+    p = _command(npc, "import", "create an NPC from a JSON file; prints its id", cmd_npc_import)
+    p.add_argument(
+        "file", metavar="FILE.json",
+        help="the NPC as JSON, in the shape of the bundled sample (see the README)",
+    )  # fmt: skip
+
+    storage = _group(sub, "storage", "object storage", "storage_command")
+    _command(
+        storage, "ensure-bucket", "create the bucket (private) if missing",
+        cmd_storage_ensure_bucket,
+    )  # fmt: skip
+
+    jobs = _group(sub, "jobs", "list, retry and cancel jobs", "jobs_command")
+    p = _command(jobs, "list", "list NPCs' current jobs, most recently changed first", cmd_jobs)
+    p.add_argument(
+        "--status", choices=_JOB_STATUSES,
+        help="only jobs with this status (default: every status)",
+    )  # fmt: skip
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        help="at most this many jobs, 1-10000 (default: %(default)s)",
     )
-    p = jobs.add_parser("list", help="list jobs")
-    p.add_argument("--status", choices=["queued", "processing", "succeeded", "failed"])
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_jobs)
-    p = jobs.add_parser("retry", help="queue failed jobs again")
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
+    p = _command(jobs, "retry", "queue failed jobs again, each with a new job id", cmd_jobs)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("npc_id", nargs="?", type=_uuid_arg, metavar="NPC_ID")
-    target.add_argument("--all-failed", action="store_true")
-    p.add_argument("--code", help="with --all-failed: only jobs that failed with this code")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_jobs)
-    p = jobs.add_parser("cancel", help="cancel a queued or running job (ends failed, CANCELLED)")
-    p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_jobs)
+    target.add_argument(
+        "npc_id", nargs="?", type=_uuid_arg, metavar="NPC_ID",
+        help="retry this NPC's failed job (a cancelled one too)",
+    )  # fmt: skip
+    target.add_argument(
+        "--all-failed", action="store_true",
+        help="retry every failed job except the cancelled ones (default: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--code",
+        help="with --all-failed: only jobs that failed with this error code, e.g. AI_UPSTREAM; "
+        "CANCELLED retries cancelled jobs (default: every code but CANCELLED)",
+    )
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
+    p = _command(
+        jobs, "cancel", "cancel a queued or running job (ends failed, CANCELLED)", cmd_jobs
+    )
+    p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID", help=_NPC_ID_HELP)
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
-    p = sub.add_parser("doctor", help="check database, migrations, LISTEN/NOTIFY, storage, key")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=cmd_doctor)
+    p = _command(
+        sub, "doctor", "check database, migrations, LISTEN/NOTIFY, storage and provider key",
+        cmd_doctor,
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
     return parser
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a TCP port (1-65535)")
+    return int(value)
+
+
+def _fail(exc: BaseException, code: int, text: str | None = None) -> int:
+    say(f"npcforge: {text or exc}", level=logging.ERROR, exit_code=code)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)  # daemons replace these with a graceful stop
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"npcforge: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        configure_logging()
+        return _fail(exc, EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)
     try:
         code: int = asyncio.run(args.run(settings, args))
         return code
     except (ConfigError, UsageError, ImportError_, MigrationError) as exc:
-        print(f"npcforge: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE)
     except CommandFailed as exc:
-        print(f"npcforge: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(exc, EXIT_FAILURE)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"npcforge: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(exc, EXIT_FAILURE, f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
-        return EXIT_FAILURE
+        return _fail(KeyboardInterrupt(), EXIT_FAILURE, "interrupted")
 
 
 __all__ = ["main", "parse_npc", "sample_npc_data"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
@@ -21,19 +22,82 @@ def _split_csv(value: object) -> object:
     return value
 
 
+# URL checks name what is wrong but never echo the value: a URL may hold a password, and a
+# password with an unencoded `/` or `@` puts part of itself where the host or port should be.
+_ENCODE_HINT = "percent-encode special characters such as @ : / ? # in the user name and password"
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def _check_port(port: str) -> None:
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port is not a number between 1 and 65535 ({_ENCODE_HINT})")
+
+
+def _check_postgres_url(value: str) -> str:
+    """A URL asyncpg accepts: postgresql://USER:PASSWORD@HOST[:PORT][,HOST[:PORT]...]/DB?…"""
+    example = "a URL such as postgresql://USER:PASSWORD@HOST:5432/DBNAME"
+    if "://" not in value:
+        if "=" in value:
+            raise ValueError(f"the key=value form is not supported; use {example}")
+        raise ValueError(f"not a URL; expected {example}")
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError(f"the scheme must be postgresql:// or postgres://; expected {example}")
+    try:
+        parts = urlsplit("postgresql://" + rest)
+    except ValueError:
+        raise ValueError(f"not a valid URL ({_ENCODE_HINT})") from None
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and "@" in userinfo:
+        raise ValueError(f"more than one @ before the host ({_ENCODE_HINT})")
+    for host in hosts.split(","):
+        port = host.rsplit("]", 1)[-1].rpartition(":")[2] if ":" in host else ""
+        if host.startswith("[") and "]" not in host:
+            raise ValueError("an IPv6 host lacks its closing ]")
+        _check_port(port)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    for port in query.get("port", []):
+        for one in port.split(","):
+            _check_port(one)
+    for mode in query.get("sslmode", []):
+        if mode not in _SSL_MODES:
+            raise ValueError("sslmode must be one of " + ", ".join(sorted(_SSL_MODES)))
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"not a valid URL; the port must be a number ({_ENCODE_HINT})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+# Every URL setting is one of these two types, so a malformed value is a configuration error at
+# start (exit 2, naming the variable), never a connection error later.
+PostgresUrl = Annotated[str, AfterValidator(_check_postgres_url)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
-        populate_by_name=True,
+        # Only the documented names (the aliases) are read, from the environment, from .env and
+        # as keyword arguments; a bare field name (AUTH, HOME, PROVIDER) never counts.
+        validate_by_name=False,
+        validate_by_alias=True,
     )
 
-    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    database_url: PostgresUrl | None = Field(default=None, alias="DATABASE_URL")
     # A direct or session-mode URL for the worker's LISTEN, when DATABASE_URL is a transaction
     # pooler (which hands the server connection to other clients after every transaction).
-    database_listen_url: str | None = Field(default=None, alias="DATABASE_LISTEN_URL")
+    database_listen_url: PostgresUrl | None = Field(default=None, alias="DATABASE_LISTEN_URL")
     # `transaction`: DATABASE_URL is a transaction-mode pooler (PgBouncer, Supavisor port 6543):
     # no prepared-statement cache, no session settings. `none`/`session` behave alike.
     db_pooler: Literal["none", "session", "transaction"] = Field(
@@ -41,14 +105,14 @@ class Settings(BaseSettings):
     )
 
     openrouter_api_key: SecretStr | None = Field(default=None, alias="OPENROUTER_API_KEY")
-    openrouter_base_url: str = Field(
+    openrouter_base_url: HttpUrl = Field(
         default=DEFAULT_OPENROUTER_BASE_URL, alias="OPENROUTER_BASE_URL"
     )
     openrouter_model: str = Field(default="openai/gpt-4o-mini", alias="OPENROUTER_MODEL")
     openrouter_fallback_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="OPENROUTER_FALLBACK_MODELS"
     )
-    app_url: str = Field(default="", alias="APP_URL")
+    app_url: HttpUrl | None = Field(default=None, alias="APP_URL")
     app_title: str = Field(default="", alias="APP_TITLE")
     openrouter_timeout_seconds: float = Field(
         default=60.0, gt=0, alias="OPENROUTER_TIMEOUT_SECONDS"
@@ -70,7 +134,7 @@ class Settings(BaseSettings):
         default="openrouter", alias="NPCFORGE_PROVIDER"
     )
     storage: Literal["supabase", "filesystem"] = Field(default="supabase", alias="NPCFORGE_STORAGE")
-    supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
+    supabase_url: HttpUrl | None = Field(default=None, alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(
         default=None, alias="SUPABASE_SERVICE_ROLE_KEY"
     )
@@ -88,7 +152,7 @@ class Settings(BaseSettings):
     auth: Literal["jwt", "none"] = Field(default="jwt", alias="NPCFORGE_AUTH")
     supabase_jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
     jwt_audience: str = Field(default="authenticated", alias="NPCFORGE_JWT_AUDIENCE")
-    jwks_url: str | None = Field(default=None, alias="NPCFORGE_JWKS_URL")
+    jwks_url: HttpUrl | None = Field(default=None, alias="NPCFORGE_JWKS_URL")
     generate_per_minute: int = Field(default=10, ge=1, alias="NPCFORGE_GENERATE_PER_MINUTE")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="NPCFORGE_CORS_ORIGINS"
@@ -121,6 +185,9 @@ class Settings(BaseSettings):
         "openrouter_max_connections",
         "metrics_port",
         "log_format",
+        "database_url",
+        "app_url",
+        "supabase_url",
         "jwks_url",
         "database_listen_url",
         mode="before",
@@ -200,5 +267,6 @@ def load_settings(**overrides: object) -> Settings:
             name = str(loc[0])
             field = Settings.model_fields.get(name)
             env_name = field.alias if field is not None and field.alias else name
-            problems.append(f"{env_name}: {err.get('msg', 'invalid value')}")
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            problems.append(f"{env_name}: {message}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

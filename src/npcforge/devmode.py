@@ -8,28 +8,27 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from npcforge.cli import install_signal_handlers, sample_npc_data
+from npcforge.cli import findings_of, install_signal_handlers, sample_npc_data
 from npcforge.compose import build_worker, offline_fallback
 from npcforge.config import Settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
-from npcforge.embedded import EmbeddedPostgres, persistent_postgres, temporary_postgres
+from npcforge.embedded import (
+    EmbeddedPostgres,
+    cli_database_url,
+    persistent_postgres,
+    temporary_postgres,
+)
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from npcforge.importer import insert_npc, parse_npc
+from npcforge.logs import say
 from npcforge.storage.base import xml_key
 from npcforge.storage.filesystem import FilesystemStorage
 
 log = logging.getLogger("npcforge.dev")
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _prepare(settings: Settings, storage_dir: Path | None) -> Settings:
@@ -38,12 +37,12 @@ def _prepare(settings: Settings, storage_dir: Path | None) -> Settings:
         settings = settings.model_copy(update={"storage_dir": storage_dir})
     resolved = offline_fallback(settings)
     if resolved.provider != settings.provider:
-        _say(
+        say(
             "npcforge: OPENROUTER_API_KEY is not set -- using the offline `template` provider "
             "(deterministic XML, no language model)"
         )
     else:
-        _say(f"npcforge: provider `{resolved.provider}`, model {resolved.openrouter_model}")
+        say(f"npcforge: provider `{resolved.provider}`, model {resolved.openrouter_model}")
     return resolved
 
 
@@ -70,6 +69,8 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
     await storage.ensure_bucket()
     worker = build_worker(settings, pg.dsn, storage=storage)
     worker_task = asyncio.create_task(worker.run())
+    interrupted = asyncio.Event()
+    install_signal_handlers(interrupted.set)
     try:
         # Enqueue the way any user can: a plain UPDATE (the trigger assigns the job id).
         job_id = await conn.fetchval(
@@ -77,7 +78,7 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
             "RETURNING generation_job_id",
             npc_id,
         )
-        _say(f"npcforge: queued job {job_id} for sample NPC {npc_id}")
+        say(f"npcforge: queued job {job_id} for sample NPC {npc_id}")
         while True:
             row = await conn.fetchrow(
                 "SELECT generation_job_status::text AS status, generation_job_error AS error "
@@ -88,20 +89,26 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
                 break
             if worker_task.done():
                 worker_task.result()
-                _say("npcforge: the worker stopped before the job finished")
+                say("npcforge: the worker stopped before the job finished")
+                return EXIT_FAILURE
+            if interrupted.is_set():
+                worker.shutdown_seconds = 0  # nothing to wait for: the database goes too
+                say("npcforge: interrupted; the demo's database is removed")
                 return EXIT_FAILURE
             await asyncio.sleep(0.05)
         if row["status"] == "failed":
             error = row["error"] or {}
-            _say(f"npcforge: job failed: {error.get('code')}: {error.get('message')}")
+            say(f"npcforge: job failed: {error.get('code')}: {error.get('message')}")
+            for finding in findings_of(error):
+                say(f"  - {finding}")
             return EXIT_FAILURE
         data = await storage.get(xml_key(npc_id))
         if data is None:
-            _say("npcforge: job succeeded but the XML is missing from storage")
+            say("npcforge: job succeeded but the XML is missing from storage")
             return EXIT_FAILURE
         sys.stdout.write(data.decode("utf-8"))
         sys.stdout.flush()
-        _say(f"npcforge: done in {time.monotonic() - started:.2f} s ({len(data)} bytes)")
+        say(f"npcforge: done in {time.monotonic() - started:.2f} s ({len(data)} bytes)")
         return EXIT_OK
     finally:
         worker.stop()
@@ -111,61 +118,71 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
         await conn.close()
 
 
-class _ServerWithoutSignals(uvicorn.Server):
-    """uvicorn, leaving SIGINT/SIGTERM to our handler (which stops worker and server together)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def run_dev(settings: Settings, *, host: str, port: int) -> int:
-    from npcforge.api.app import create_app
-    from npcforge.api.auth import NoAuth, is_loopback
+    from npcforge.api.auth import is_loopback
+    from npcforge.api.server import listen_socket
 
     if not is_loopback(host):
-        _say(f"npcforge: dev serves without authentication and only binds loopback, not {host!r}")
+        say(f"npcforge: dev serves without authentication and only binds loopback, not {host!r}")
         return EXIT_USAGE
-    home = settings.home
+    home = settings.home.resolve()
     settings = _prepare(
         settings,
         settings.storage_dir if "storage_dir" in settings.model_fields_set else home / "storage",
     )
-    with persistent_postgres(home) as pg:
-        conn, _ = await _setup_database(pg.dsn, import_sample=False)
-        count = await conn.fetchval("SELECT count(*) FROM npcs")
-        if count == 0:
+    # The port first: a busy one is a one-line error before any PostgreSQL is started.
+    sock = listen_socket(host, port)
+    try:
+        with persistent_postgres(home) as pg:
+            return await _serve_dev(settings, pg, sock, home=home, host=host, port=port)
+    finally:
+        sock.close()
+
+
+async def _serve_dev(
+    settings: Settings, pg: EmbeddedPostgres, sock: Any, *, home: Path, host: str, port: int
+) -> int:
+    from npcforge.api.app import create_app
+    from npcforge.api.auth import NoAuth
+    from npcforge.api.server import ApiServer
+
+    conn, _ = await _setup_database(pg.dsn, import_sample=False)
+    try:
+        if await conn.fetchval("SELECT count(*) FROM npcs") == 0:
             sample_id = await insert_npc(conn, parse_npc(sample_npc_data()))
         else:
             sample_id = await conn.fetchval("SELECT id FROM npcs ORDER BY created_at LIMIT 1")
+    finally:
         await conn.close()
-        storage = FilesystemStorage(settings.storage_dir, settings.bucket)
-        await storage.ensure_bucket()
-        worker = build_worker(settings, pg.dsn, storage=storage)
-        settings = settings.model_copy(update={"database_url": pg.dsn})
-        app = create_app(settings, storage=storage, authenticator=NoAuth())
-        server = _ServerWithoutSignals(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        )
+    storage = FilesystemStorage(settings.storage_dir, settings.bucket)
+    await storage.ensure_bucket()
+    worker = build_worker(settings, pg.dsn, storage=storage)
+    settings = settings.model_copy(update={"database_url": pg.dsn})
+    server = ApiServer(create_app(settings, storage=storage, authenticator=NoAuth()))
 
-        def stop() -> None:
-            worker.stop()
-            server.should_exit = True
+    def stop() -> None:
+        worker.stop()
+        server.should_exit = True
 
-        install_signal_handlers(stop)
-        running = asyncio.gather(worker.run(), server.serve())
+    install_signal_handlers(stop)
+    running = asyncio.gather(worker.run(), server.serve_on(sock))
+    try:
         # Print the ready-to-paste lines only once both halves answer.
         while not (server.started and worker.ready.is_set()):
             if running.done():
                 break
             await asyncio.sleep(0.02)
         if not running.done():
-            socket_dir = pg.dsn.split("host=", 1)[-1]
-            _say(f"npcforge dev: data in {home.resolve()}, API on http://{host}:{port}")
-            _say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
-            _say(f"  psql 'host={socket_dir} user=postgres dbname=postgres'")
-            _say(f"  UPDATE npcs SET generation_job_status = 'queued' WHERE id = '{sample_id}';")
-            _say("  Ctrl-C stops.")
+            url = cli_database_url(pg.dsn)
+            say(f"npcforge dev: data in {home}, API on http://{host}:{port}")
+            say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
+            say(f"  export DATABASE_URL='{url}'   # for npcforge status, jobs, enqueue, ...")
+            say(f"  psql '{url}'")
+            say(f"  UPDATE npcs SET generation_job_status = 'queued' WHERE id = '{sample_id}';")
+            say("  Ctrl-C stops (PostgreSQL too).")
         await running
+    finally:
+        stop()
+        await asyncio.gather(running, return_exceptions=True)
         await worker.provider.close()
     return EXIT_OK

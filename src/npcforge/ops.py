@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,22 +11,44 @@ from typing import Any
 
 import aiohttp
 
+from npcforge.api.dto import (
+    DoctorCheckOut,
+    JobRowOut,
+    OutputModel,
+    QueuedJobOut,
+    json_document,
+)
 from npcforge.config import ConfigError, Settings
 from npcforge.db.connect import connect
 from npcforge.db.migrate import MigrationError, check_current
 from npcforge.db.queries import q
-from npcforge.errors import StorageError
+from npcforge.errors import ERROR_CODES, StorageError
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
 
 
-def _emit(rows: list[dict[str, Any]], as_json: bool, empty: str) -> None:
+def _emit(rows: list[OutputModel], as_json: bool, empty: str) -> None:
     if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json_document(rows))
         return
     if not rows:
         print(empty)
     for row in rows:
-        print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
+        doc = row.model_dump(mode="json")
+        print("  ".join(f"{k}={v}" for k, v in doc.items() if v is not None))
+
+
+async def _check_code(conn: Any, code: str | None) -> None:
+    """An unknown --code is a typo, not "nothing to retry"."""
+    if code is None or code in ERROR_CODES:
+        return
+    present = {row["code"] for row in await conn.fetch(q("jobs_failed_codes"))}
+    if code not in present:
+        known = ", ".join(sorted(ERROR_CODES | present))
+        raise UsageError(f"--code {code!r} is not an error code; known codes: {known}")
+
+
+def _queued(rows: list[Any]) -> list[OutputModel]:
+    return [QueuedJobOut(npc_id=row["npc_id"], job_id=row["job_id"]) for row in rows]
 
 
 async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
@@ -36,7 +57,7 @@ async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
         if not 1 <= args.limit <= 10_000:
             raise UsageError("--limit must be between 1 and 10000")
         rows = await conn.fetch(q("jobs_list"), args.status, args.limit)
-        _emit([dict(r) for r in rows], args.json, "no jobs")
+        _emit([JobRowOut.model_validate(dict(row)) for row in rows], args.json, "no jobs")
         return EXIT_OK
     if command == "retry":
         if args.npc_id is not None:
@@ -46,14 +67,15 @@ async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
             if not rows:
                 raise CommandFailed(f"NPC {args.npc_id} has no failed job to retry")
         else:
+            await _check_code(conn, args.code)
             rows = await conn.fetch(q("jobs_retry_failed"), args.code)
-        _emit([dict(r) for r in rows], args.json, "nothing to retry")
+        _emit(_queued(rows), args.json, "nothing to retry")
         return EXIT_OK
     if command == "cancel":
         rows = await conn.fetch(q("jobs_cancel"), args.npc_id)
         if not rows:
             raise CommandFailed(f"NPC {args.npc_id} has no queued or running job")
-        _emit([dict(r) for r in rows], args.json, "")
+        _emit(_queued(rows), args.json, "")
         return EXIT_OK
     raise AssertionError(command)
 
@@ -280,8 +302,8 @@ async def run_doctor(settings: Settings, *, json_output: bool = False) -> int:
         if conn is not None:
             await conn.close()
     if json_output:
-        print(json.dumps([{"check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix or None}
-                          for c in checks], indent=2))  # fmt: skip
+        print(json_document([DoctorCheckOut(check=c.name, ok=c.ok, detail=c.detail,
+                                            fix=c.fix or None) for c in checks]))  # fmt: skip
     else:
         for c in checks:
             line = f"{'OK  ' if c.ok else 'FAIL'} {c.name}: {c.detail}"

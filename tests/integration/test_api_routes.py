@@ -297,13 +297,15 @@ async def test_failed_jobs_always_carry_code_and_message(
 ):
     npc_id, owner = npc
     job_id = await queue_job(conn, npc_id)
-    await set_status(conn, npc_id, "failed", error=stored)
+    # The row still holds the size of an earlier job's file; it is not this job's.
+    await set_status(conn, npc_id, "failed", error=stored, size=777)
     async with api_harness(db_dsn, storage_dir) as api:
         response = await api.client.get(
             f"/api/npcs/{npc_id}/generation-jobs/{job_id}", headers=bearer(token(owner))
         )
     body = response.json()
     assert body["status"] == "failed" and body["xml"] is None
+    assert body["contentSizeBytes"] is None
     assert body["error"] == expected
 
 

@@ -7,12 +7,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from clikit import REPO, cli_env, free_port, run_cli
@@ -31,36 +33,117 @@ async def _read_until(stream: asyncio.StreamReader, pattern: str, timeout: float
                 return found
 
 
+def postgres_running(home: Path) -> bool:
+    """Whether the cluster under `home` has a live postmaster."""
+    pid_file = home / "pgdata" / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        return psutil.Process(int(pid_file.read_text().split()[0])).is_running()
+    except (psutil.Error, ValueError, IndexError):
+        return False
+
+
+async def start_dev(home: Path, port: int, cwd: Path) -> asyncio.subprocess.Process:
+    env = cli_env(NPCFORGE_HOME=str(home), NPCFORGE_LOG_FORMAT="text")
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "npcforge", "dev", "--port", str(port),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+    )  # fmt: skip
+
+
 async def test_dev_serves_api_and_worker_until_ctrl_c(tmp_path):
     port = free_port()
-    env = cli_env(NPCFORGE_HOME=str(tmp_path / "home"), NPCFORGE_LOG_FORMAT="text")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "npcforge", "dev", "--port", str(port),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    home = tmp_path / "home"
+    proc = await start_dev(home, port, tmp_path)
     assert proc.stderr is not None
     try:
-        curl = await _read_until(proc.stderr, r"curl -s -X POST (http://\S+/generate)", 60)
-        await _read_until(proc.stderr, r"psql 'host=\S+ user=postgres dbname=postgres'", 5)
+        curl = await _read_until(
+            proc.stderr, r"curl -s -X POST (http://\S+/npcs/(\S+)/generate)", 60
+        )
+        url = (await _read_until(proc.stderr, r"DATABASE_URL='(postgresql://\S+)'", 5)).group(1)
+        await _read_until(proc.stderr, r"psql '" + re.escape(url) + "'", 5)
         async with httpx.AsyncClient(timeout=10) as client:
             accepted = await client.post(curl.group(1))
             assert accepted.status_code == 202, accepted.text
             job = accepted.json()
-            url = curl.group(1).replace("/generate", f"/generation-jobs/{job['jobId']}")
+            poll_url = curl.group(1).replace("/generate", f"/generation-jobs/{job['jobId']}")
             for _ in range(200):
-                polled = (await client.get(url)).json()
+                polled = (await client.get(poll_url)).json()
                 if polled["status"] == "succeeded":
                     break
                 await asyncio.sleep(0.05)
             assert polled["status"] == "succeeded", polled
             assert polled["xml"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
+        # The printed DATABASE_URL is one the operator commands accept.
+        status = await run_cli("status", curl.group(2), "--json", env=cli_env(DATABASE_URL=url))
+        assert status.code == 0, status.err
+        assert json.loads(status.out)["jobId"] == job["jobId"]
+        # Without DATABASE_URL the operator commands find the running dev database and say
+        # so; worker, api and migrate still want DATABASE_URL.
+        home_env = cli_env(NPCFORGE_HOME=str(home), NPCFORGE_LOG_FORMAT="text")
+        found = await run_cli("jobs", "list", "--json", env=home_env)
+        assert found.code == 0 and "using the running `npcforge dev` database" in found.err
+        assert [row["jobId"] for row in json.loads(found.out)] == [job["jobId"]]
+        refused = await run_cli("migrate", env=home_env)
+        assert refused.code == 2 and "DATABASE_URL is not set" in refused.err
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 60)
     assert code == 0
-    # the data stays: files on disk and a cluster that starts again
-    assert (tmp_path / "home" / "pgdata" / "PG_VERSION").exists()
-    assert list((tmp_path / "home" / "storage" / "npc-xml-files").glob("*.xml"))
+    # the data stays: files on disk and a cluster that starts again; the server is stopped
+    assert (home / "pgdata" / "PG_VERSION").exists()
+    assert list((home / "storage" / "npc-xml-files").glob("*.xml"))
+    assert not postgres_running(home)
+
+
+async def _ready_dev(home: Path, tmp_path: Path) -> asyncio.subprocess.Process:
+    proc = await start_dev(home, free_port(), tmp_path)
+    assert proc.stderr is not None
+    await _read_until(proc.stderr, r"Ctrl-C stops", 90)
+    assert postgres_running(home)
+    return proc
+
+
+async def test_every_way_dev_ends_stops_its_postgresql(tmp_path):
+    home = tmp_path / "home"
+    # Ctrl-C twice in a row: the forced exit stops PostgreSQL before it goes.
+    proc = await _ready_dev(home, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 60) in (0, 1)
+    assert not postgres_running(home)
+    # The terminal closes (SIGHUP): a graceful stop.
+    proc = await _ready_dev(home, tmp_path)
+    proc.send_signal(signal.SIGHUP)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert not postgres_running(home)
+    # SIGKILL leaves it running; the next start says so, reuses it, and stops it at its exit.
+    proc = await _ready_dev(home, tmp_path)
+    proc.kill()
+    await proc.wait()
+    assert postgres_running(home)
+    proc = await start_dev(home, free_port(), tmp_path)
+    assert proc.stderr is not None
+    await _read_until(proc.stderr, r"earlier run left its PostgreSQL running", 60)
+    await _read_until(proc.stderr, r"Ctrl-C stops", 60)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    assert not postgres_running(home)
+
+
+async def test_dev_on_a_busy_port_says_so_and_starts_no_postgresql(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = await run_cli(
+            "dev", "--port", str(port),
+            env=cli_env(NPCFORGE_HOME=str(tmp_path / "home"), NPCFORGE_LOG_FORMAT="text"),
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert result.code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.err
+    assert "Traceback" not in result.err and len(result.err.splitlines()) <= 3, result.err
+    assert not (tmp_path / "home" / "pgdata").exists()
 
 
 async def test_dev_refuses_a_non_loopback_address(tmp_path):

@@ -42,11 +42,11 @@ async def test_jobs_list_filters_and_json(conn, db_dsn, tmp_path):
     everything = await run_cli("jobs", "list", "--json", env=env)
     assert everything.code == 0, everything.err
     rows = json.loads(everything.out)
-    assert {r["npc_id"] for r in rows} == {str(a), str(b)}  # c never had a job
+    assert {r["npcId"] for r in rows} == {str(a), str(b)}  # c never had a job
     failed = json.loads(
         (await run_cli("jobs", "list", "--status", "failed", "--json", env=env)).out
     )
-    assert [(r["npc_id"], r["error_code"]) for r in failed] == [(str(b), "AI_UPSTREAM")]
+    assert [(r["npcId"], r["errorCode"]) for r in failed] == [(str(b), "AI_UPSTREAM")]
     text = await run_cli("jobs", "list", "--limit", "1", env=env)
     assert text.code == 0 and len(text.out.strip().splitlines()) == 1
     bad = await run_cli("jobs", "list", "--status", "weird", env=env)
@@ -65,13 +65,13 @@ async def test_jobs_retry_one_and_all_failed_by_code(conn, db_dsn, tmp_path):
     assert one.code == 0, one.err
     row = await job_row(conn, a)
     assert row["status"] == "queued" and row["job_id"] != old_a
-    assert json.loads(one.out)[0]["job_id"] == str(row["job_id"])
+    assert json.loads(one.out)[0]["jobId"] == str(row["job_id"])
     again = await run_cli("jobs", "retry", str(a), env=env)
     assert again.code == 1 and "no failed job" in again.err
     by_code = await run_cli(
         "jobs", "retry", "--all-failed", "--code", "AI_UPSTREAM", "--json", env=env
     )
-    assert [r["npc_id"] for r in json.loads(by_code.out)] == [str(b)]
+    assert [r["npcId"] for r in json.loads(by_code.out)] == [str(b)]
     assert (await job_row(conn, c))["status"] == "failed"
     rest = await run_cli("jobs", "retry", "--all-failed", env=env)
     assert rest.code == 0 and (await job_row(conn, c))["status"] == "queued"
@@ -79,12 +79,45 @@ async def test_jobs_retry_one_and_all_failed_by_code(conn, db_dsn, tmp_path):
     assert usage.code == 2
 
 
+async def test_retry_all_failed_leaves_cancelled_jobs_alone_unless_named(conn, db_dsn, tmp_path):
+    upstream, cancelled, named = [await make_npc(conn) for _ in range(3)]
+    await _fail(conn, upstream, "AI_UPSTREAM")
+    for npc_id in (cancelled, named):
+        await conn.execute("SELECT npcforge_enqueue($1)", npc_id)
+    env = _env(db_dsn, tmp_path)
+    for npc_id in (cancelled, named):
+        assert (await run_cli("jobs", "cancel", str(npc_id), env=env)).code == 0
+    result = await run_cli("jobs", "retry", "--all-failed", "--json", env=env)
+    assert result.code == 0, result.err
+    assert [r["npcId"] for r in json.loads(result.out)] == [str(upstream)]
+    assert (await job_row(conn, cancelled))["error"]["code"] == "CANCELLED"
+    # named: by its id, or by asking for the code
+    assert (await run_cli("jobs", "retry", str(named), env=env)).code == 0
+    assert (await job_row(conn, named))["status"] == "queued"
+    by_code = await run_cli("jobs", "retry", "--all-failed", "--code", "CANCELLED", env=env)
+    assert by_code.code == 0 and (await job_row(conn, cancelled))["status"] == "queued"
+
+
+async def test_retry_with_an_unknown_code_is_a_usage_error(conn, db_dsn, tmp_path):
+    npc_id = await make_npc(conn)
+    await _fail(conn, npc_id, "LEGACY_TIMEOUT")  # a code an older system wrote
+    env = _env(db_dsn, tmp_path)
+    typo = await run_cli("jobs", "retry", "--all-failed", "--code", "NOPE", env=env)
+    assert typo.code == 2 and typo.out == ""
+    assert "'NOPE' is not an error code" in typo.err and "AI_UPSTREAM" in typo.err
+    assert (await job_row(conn, npc_id))["status"] == "failed"
+    legacy = await run_cli("jobs", "retry", "--all-failed", "--code", "LEGACY_TIMEOUT", env=env)
+    assert legacy.code == 0 and (await job_row(conn, npc_id))["status"] == "queued"
+    none_failed = await run_cli("jobs", "retry", "--all-failed", "--code", "AI_TIMEOUT", env=env)
+    assert none_failed.code == 0 and "nothing to retry" in none_failed.out
+
+
 async def test_cancel_queued_job(conn, db_dsn, tmp_path):
     npc_id = await make_npc(conn)
     job = await conn.fetchval("SELECT npcforge_enqueue($1)", npc_id)
     result = await run_cli("jobs", "cancel", str(npc_id), "--json", env=_env(db_dsn, tmp_path))
     assert result.code == 0, result.err
-    assert json.loads(result.out) == [{"npc_id": str(npc_id), "job_id": str(job)}]
+    assert json.loads(result.out) == [{"npcId": str(npc_id), "jobId": str(job)}]
     row = await job_row(conn, npc_id)
     assert row["status"] == "failed" and row["error"]["code"] == "CANCELLED"
     nothing = await run_cli("jobs", "cancel", str(npc_id), env=_env(db_dsn, tmp_path))

@@ -192,3 +192,33 @@ async def test_silent_listen_connection_is_replaced_within_10_s_with_a_catch_up_
     assert finished < 15  # the catch-up claim after reconnecting, long before the 60 s sweep
     down = [line for line in worker.logs() if line.get("action") == "listener_down"]
     assert down[0]["error"] == "ConnectionError"
+
+
+async def test_a_claim_held_up_longer_than_the_lease_never_hands_out_a_lapsed_lease(
+    conn, db_dsn, tmp_path
+):
+    # A claim blocked for twice the lease (here by a lock on the shop items its record load
+    # reads; on a busy machine by a starved server) must not come back with leases that ran
+    # out while it waited: other workers would take those jobs back and run them again.
+    from workerkit import running_worker
+
+    lease = 3.0
+    npc_id = await make_npc(conn)
+    async with running_worker(db_dsn, tmp_path / "storage", lease_seconds=lease):
+        blocker = await connect(db_dsn)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE npc_shop_items IN ACCESS EXCLUSIVE MODE")
+                await conn.execute("SELECT npcforge_enqueue($1)", npc_id)
+                await asyncio.sleep(2 * lease)
+                released = await blocker.fetchval("SELECT clock_timestamp()")
+        finally:
+            await blocker.close()
+        await wait_status(conn, npc_id, "succeeded")
+    (attempt,) = await conn.fetch(
+        "SELECT attempt, outcome, started_at FROM npc_generation_attempts WHERE npc_id = $1",
+        npc_id,
+    )
+    assert (attempt["attempt"], attempt["outcome"]) == (1, "succeeded")
+    # The lease the job ran under had not lapsed when the claim got through.
+    assert (released - attempt["started_at"]).total_seconds() < lease

@@ -77,6 +77,12 @@ async def test_postgres_restart_with_jobs_in_flight_and_queued_finishes_all_once
     assert attempts == 24
     assert len(list((storage / BUCKET).glob("*.xml"))) == 24
     for worker in workers:
+        # Every line the worker wrote through the outage is one JSON object (asyncpg's and
+        # asyncio's complaints and their tracebacks included).
+        raw = worker.raw_log().splitlines()
+        assert raw and len(worker.logs()) == len(raw), [
+            line for line in raw if not line.startswith("{")
+        ][:5]
         actions = [line.get("action") for line in worker.logs()]
         assert "db_down" in actions and "db_up" in actions
         reaped = {line["npc_id"] for line in worker.logs() if line.get("action") == "reap"}

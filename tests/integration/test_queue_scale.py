@@ -39,9 +39,10 @@ async def test_four_worker_processes_run_2000_jobs_exactly_once(conn, db_dsn, tm
 
     assert await job_counts(conn) == {"succeeded": 2000}
     attempts = await conn.fetch(
-        "SELECT npc_id, job_id, attempt, outcome, worker_id FROM npc_generation_attempts"
+        "SELECT npc_id, job_id, attempt, outcome, worker_id, error_code, started_at, finished_at "
+        "FROM npc_generation_attempts"
     )
-    assert len(attempts) == 2000
+    assert len(attempts) == 2000, _second_attempts(attempts, workers)
     assert len({a["job_id"] for a in attempts}) == 2000
     assert {(a["attempt"], a["outcome"]) for a in attempts} == {(1, "succeeded")}
     assert await conn.fetchval("SELECT max(generation_job_attempts) FROM npcs") == 1
@@ -53,6 +54,18 @@ async def test_four_worker_processes_run_2000_jobs_exactly_once(conn, db_dsn, tm
     per_worker = Counter(a["worker_id"] for a in attempts)
     assert len(per_worker) == 4 and min(per_worker.values()) > 100, per_worker
     print(f"2000 jobs on 4 workers in {took:.1f} s; per worker {sorted(per_worker.values())}")
+
+
+def _second_attempts(attempts: list[Any], workers: list[Any]) -> str:
+    """Why a job has more than one attempt row: its rows and every worker warning about it."""
+    per_job = Counter(a["job_id"] for a in attempts)
+    twice = {str(job) for job, count in per_job.items() if count > 1}
+    lines = [repr(dict(a)) for a in attempts if str(a["job_id"]) in twice]
+    for worker in workers:
+        for line in worker.logs():
+            if line.get("level") in ("warning", "error") or line.get("job_id") in twice:
+                lines.append(f"worker {worker.pid}: {json.dumps(line)}")
+    return "\n".join(lines[:200])
 
 
 BULK_QUEUED = """

@@ -419,28 +419,37 @@ def test_classification_of_unparseable_gateway_errors() -> None:
 
 async def test_factory_picks_the_configured_backend(tmp_path: Path) -> None:
     filesystem = build_storage(
-        Settings(_env_file=None, storage="filesystem", storage_dir=tmp_path, bucket="b")
+        Settings(
+            _env_file=None,
+            NPCFORGE_STORAGE="filesystem",
+            NPCFORGE_STORAGE_DIR=tmp_path,
+            NPCFORGE_BUCKET="b",
+        )
     )
     assert isinstance(filesystem, FilesystemStorage)
     assert filesystem.bucket_dir == tmp_path / "b"
 
     with pytest.raises(ConfigError, match="SUPABASE_URL"):
-        build_storage(Settings(_env_file=None, storage="supabase", supabase_url=None, bucket="b"))
+        build_storage(
+            Settings(
+                _env_file=None, NPCFORGE_STORAGE="supabase", SUPABASE_URL=None, NPCFORGE_BUCKET="b"
+            )
+        )
     with pytest.raises(ConfigError, match="SUPABASE_SERVICE_ROLE_KEY"):
         build_storage(
             Settings(
                 _env_file=None,
-                storage="supabase",
-                supabase_url="http://127.0.0.1:1",
-                supabase_service_role_key=None,
+                NPCFORGE_STORAGE="supabase",
+                SUPABASE_URL="http://127.0.0.1:1",
+                SUPABASE_SERVICE_ROLE_KEY=None,
             )
         )
     supabase = build_storage(
         Settings(
             _env_file=None,
-            storage="supabase",
-            supabase_url="http://127.0.0.1:1",
-            supabase_service_role_key=SERVICE_KEY,
+            NPCFORGE_STORAGE="supabase",
+            SUPABASE_URL="http://127.0.0.1:1",
+            SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY,
         )
     )
     try:

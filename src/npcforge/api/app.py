@@ -37,8 +37,25 @@ log = logging.getLogger("npcforge.api")
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
+def _request_fields(request: Request) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "path": request.url.path,
+        "request_id": request.scope.get("state", {}).get("request_id"),
+    }
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if exc.status >= 500:
+        # A 5xx says what went wrong on our side: the failure the handler turned into it.
+        cause = exc.__cause__ or exc.__context__
+        log.warning(
+            "request failed",
+            extra={**_request_fields(request), "status": exc.status, "code": exc.code,
+                   "error": type(cause).__name__ if cause else None,
+                   "cause": str(getattr(cause, "message", cause)) if cause else None},
+        )  # fmt: skip
     return error_response(exc)
 
 
@@ -58,7 +75,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     # An outage or restart, not a bug: a warning without the traceback, and a 503 to retry.
     log.warning(
         "database unavailable",
-        extra={"path": request.url.path, "error": type(exc).__name__},
+        extra={**_request_fields(request), "status": 503, "error": type(exc).__name__},
     )
     return error_response(
         ApiError(
@@ -72,7 +89,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error(
         "unhandled error",
         exc_info=exc,
-        extra={"path": request.url.path, "error": type(exc).__name__},
+        extra={**_request_fields(request), "status": 500, "error": type(exc).__name__},
     )
     return error_response(ApiError(500, "INTERNAL_SERVER_ERROR", "An unexpected error occurred."))
 

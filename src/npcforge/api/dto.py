@@ -6,6 +6,7 @@ keys and accept only their wire names, so `current_xml` is not a synonym of `cur
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -132,7 +133,9 @@ class JobStatusOut(OutputModel):
     npc_id: UUID
     status: JobStatus
     xml: str | None = Field(description="The stored XML when `succeeded`, else null.")
-    content_size_bytes: int | None
+    content_size_bytes: int | None = Field(
+        description="The stored file's size in bytes when `succeeded`, else null."
+    )
     error: JobErrorOut | None = Field(description="Set when `failed`, else null.")
     updated_at: datetime = Field(description="When the job's state last changed.")
     attempts: int = Field(ge=0, description="Attempts started so far.")
@@ -197,3 +200,67 @@ class ErrorDetail(OutputModel):
 
 class ErrorEnvelope(OutputModel):
     error: ErrorDetail
+
+
+# --- the command line's `--json`: the API's conventions (camelCase keys, ISO 8601 times) ----
+
+
+class JobErrorDetailOut(JobErrorOut):
+    """A job's error as operators see it: the API's code and message, plus what the row keeps."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
+    details: dict[str, Any] | None = Field(
+        default=None, description="E.g. `findings` of AI_INVALID_XML."
+    )
+    request_id: str | None = Field(default=None, description="The upstream request id.")
+
+
+class NpcJobOut(OutputModel):
+    """`npcforge status --json`: an NPC's current job."""
+
+    npc_id: UUID
+    job_id: UUID | None
+    status: JobStatus | None
+    attempts: int
+    started_at: datetime | None
+    updated_at: datetime | None
+    run_after: datetime | None = Field(description="When a queued job may run next.")
+    finished_at: datetime | None
+    content_size_bytes: int | None = Field(description="The stored file's size when succeeded.")
+    error: JobErrorDetailOut | None
+
+
+class JobRowOut(OutputModel):
+    """One line of `npcforge jobs list --json`."""
+
+    npc_id: UUID
+    name: str
+    job_id: UUID | None
+    status: JobStatus
+    attempts: int
+    error_code: str | None
+    started_at: datetime | None
+    updated_at: datetime | None
+    worker: str | None = Field(description="The worker holding the lease, while processing.")
+
+
+class QueuedJobOut(OutputModel):
+    """A job that `enqueue`, `jobs retry` or `jobs cancel` acted on."""
+
+    npc_id: UUID
+    job_id: UUID
+
+
+class DoctorCheckOut(OutputModel):
+    check: str
+    ok: bool
+    detail: str
+    fix: str | None
+
+
+def json_document(value: OutputModel | list[OutputModel]) -> str:
+    """The text a `--json` option prints: the models' own serializer, indented for people."""
+    if isinstance(value, list):
+        return json.dumps([item.model_dump(mode="json") for item in value], indent=2)
+    return json.dumps(value.model_dump(mode="json"), indent=2)

@@ -1,8 +1,12 @@
-"""The API's Prometheus metrics (one registry per app) and the ASGI middleware that feeds them."""
+"""The API's Prometheus metrics (one registry per app), and the ASGI middleware that feeds them
+and writes one access log line per request."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.routing import BaseRoute, Route
@@ -11,6 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from npcforge.metrics import LATENCY_BUCKETS
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# A caller's X-Request-Id is kept when it looks like an id; anything else gets a fresh one.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+access_log = logging.getLogger("npcforge.api.access")
 
 
 class ApiMetrics:
@@ -47,8 +55,17 @@ def route_label(route: BaseRoute | None) -> str:
     return "unmatched"
 
 
+def request_id_of(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return bytes(value).decode("ascii")
+    return uuid.uuid4().hex
+
+
 class MetricsMiddleware:
-    """Counts and times every HTTP request by route template and status."""
+    """Counts and times every HTTP request by route template and status, and logs it: method,
+    route template, status, duration and request id (also sent back as `X-Request-Id`) --
+    never a header or query value, so never a token."""
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
@@ -73,17 +90,31 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        request_id = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode("ascii")),
+                ]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            took = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            count, latency = self._series_for(route_label(scope.get("route")), method, status)
+            route = route_label(scope.get("route"))
+            count, latency = self._series_for(route, method, status)
             count.inc()
-            latency.observe(time.perf_counter() - started)
+            latency.observe(took)
+            access_log.log(
+                logging.WARNING if status >= 500 else logging.INFO,
+                "request",
+                extra={"method": method, "path": route, "status": status,
+                       "duration_ms": round(took * 1000, 1), "request_id": request_id},
+            )  # fmt: skip

@@ -176,7 +176,7 @@ def job_status_answer(
         npc_id=npc_id,
         status=status,
         xml=data.decode("utf-8", errors="replace") if data is not None else None,
-        content_size_bytes=len(data) if data is not None else row["content_size_bytes"],
+        content_size_bytes=len(data) if data is not None else None,
         error=job_error_out(row["error"]) if status == "failed" else None,
         updated_at=row["updated_at"],
         attempts=row["attempts"],

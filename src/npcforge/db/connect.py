@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 from asyncpg import exceptions as pg
 
+from npcforge.config import ConfigError
+
 # Errors that mean "the database cannot do this right now" (unreachable, restarting, shutting
 # down, out of connections, a deadlock or a cancelled statement), not "the statement is wrong".
 DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -64,6 +66,20 @@ def _statement_cache_size(transaction_pooler: bool) -> int:
     return 0 if transaction_pooler else 100
 
 
+# What asyncpg raises for a URL it cannot use at all (ClientConfigurationError is also an
+# InterfaceError, which DB_UNAVAILABLE would otherwise retry for ever).
+MALFORMED_URL = (pg.ClientConfigurationError, ValueError)
+
+
+def malformed_url(exc: Exception) -> ConfigError:
+    """asyncpg refused the URL itself: a configuration error (exit 2), never a retry. A bare
+    ValueError may quote a piece of the URL (a password, say), so only asyncpg's own message
+    about a parameter is passed on."""
+    if isinstance(exc, pg.ClientConfigurationError):
+        return ConfigError(f"DATABASE_URL: {exc}")
+    return ConfigError("DATABASE_URL: not a URL asyncpg can use (check the host and port)")
+
+
 async def connect(
     dsn: str,
     *,
@@ -71,12 +87,15 @@ async def connect(
     timeout: float = 10.0,
     transaction_pooler: bool = False,
 ) -> Any:
-    conn = await asyncpg.connect(
-        dsn,
-        timeout=timeout,
-        server_settings=_server_settings(application_name),
-        statement_cache_size=_statement_cache_size(transaction_pooler),
-    )
+    try:
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=timeout,
+            server_settings=_server_settings(application_name),
+            statement_cache_size=_statement_cache_size(transaction_pooler),
+        )
+    except MALFORMED_URL as exc:
+        raise malformed_url(exc) from None
     await init_connection(conn)
     return conn
 
@@ -109,17 +128,20 @@ async def create_pool(
         if session_sql is not None:
             await conn.execute(session_sql)
 
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        init=init,
-        reset=_keep_session if keep_session else None,
-        timeout=10.0,
-        command_timeout=command_timeout,
-        max_inactive_connection_lifetime=300.0,
-        server_settings=_server_settings(application_name),
-        statement_cache_size=_statement_cache_size(transaction_pooler),
-    )
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=init,
+            reset=_keep_session if keep_session else None,
+            timeout=10.0,
+            command_timeout=command_timeout,
+            max_inactive_connection_lifetime=300.0,
+            server_settings=_server_settings(application_name),
+            statement_cache_size=_statement_cache_size(transaction_pooler),
+        )
+    except MALFORMED_URL as exc:
+        raise malformed_url(exc) from None
     assert pool is not None
     return pool

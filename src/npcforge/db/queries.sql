@@ -249,7 +249,35 @@ SELECT (SELECT count(*) FROM (SELECT 1 FROM npcs WHERE generation_job_status = '
 SELECT 1;
 
 -- name: enqueue
-SELECT npcforge_enqueue($1, $2) AS job_id;
+-- `npcforge enqueue NPC_ID...`: every NPC of $1 in order, $2 force. One statement: the first NPC
+-- that is missing or busy (without force) raises, and nothing is queued.
+SELECT t.npc_id, npcforge_enqueue(t.npc_id, $2) AS job_id
+  FROM unnest($1::uuid[]) WITH ORDINALITY AS t(npc_id, ord)
+ ORDER BY t.ord;
+
+-- name: enqueue_where
+-- `npcforge enqueue --all / --where-status`: every live NPC whose job status is among $1 (NULL:
+-- any; 'none': never had a job); $2 force also replaces queued and processing jobs. One
+-- statement, so one NOTIFY. A row comes back for each NPC selected, with job_id NULL when it
+-- was skipped as busy; the busy test is repeated on the row the UPDATE locks.
+WITH chosen AS (
+  SELECT id, created_at
+    FROM npcs
+   WHERE deleted_at IS NULL
+     AND ($1::text[] IS NULL OR coalesce(generation_job_status::text, 'none') = ANY($1::text[]))
+), queued AS (
+  UPDATE npcs AS n
+     SET generation_job_status = 'queued', generation_job_id = gen_random_uuid()
+    FROM chosen AS c
+   WHERE n.id = c.id AND n.deleted_at IS NULL
+     AND ($2 OR n.generation_job_status IS NULL
+          OR n.generation_job_status NOT IN ('queued', 'processing'))
+  RETURNING n.id, n.generation_job_id
+)
+SELECT c.id AS npc_id, q.generation_job_id AS job_id
+  FROM chosen AS c
+  LEFT JOIN queued AS q ON q.id = c.id
+ ORDER BY c.created_at, c.id;
 
 -- name: enqueue_by_update
 -- The plain-SQL way: what a user types in psql.
@@ -309,10 +337,20 @@ UPDATE npcs SET generation_job_status = 'queued'
 RETURNING id AS npc_id, generation_job_id AS job_id;
 
 -- name: jobs_retry_failed
+-- Every failed job, or those that failed with code $1. A job an operator cancelled stays
+-- cancelled unless $1 names CANCELLED.
 UPDATE npcs SET generation_job_status = 'queued'
  WHERE deleted_at IS NULL AND generation_job_status = 'failed'
-   AND ($1::text IS NULL OR generation_job_error ->> 'code' = $1)
+   AND CASE WHEN $1::text IS NULL
+            THEN generation_job_error ->> 'code' IS DISTINCT FROM 'CANCELLED'
+            ELSE generation_job_error ->> 'code' = $1 END
 RETURNING id AS npc_id, generation_job_id AS job_id;
+
+-- name: jobs_failed_codes
+-- The error codes failed jobs hold now (codes written by other systems included).
+SELECT DISTINCT generation_job_error ->> 'code' AS code
+  FROM npcs
+ WHERE generation_job_status = 'failed' AND generation_job_error ->> 'code' IS NOT NULL;
 
 -- name: jobs_cancel
 -- Ends a queued or running job as failed/CANCELLED; a running worker sees its lease vanish at

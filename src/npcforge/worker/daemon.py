@@ -100,6 +100,11 @@ class Worker:
         self.worker_id = worker_id or make_worker_id()
         self.pool_size = pool_size or min(max(4, concurrency // 4 + 2), 20)
         self.db_timeout = db_timeout
+        # A claim sets its leases' expiry when its statement starts: one that came back later
+        # than this would hand out leases already running out, which other workers' reapers
+        # take back while this one starts the jobs (a second run of each). Cut short, the claim
+        # is retried, or adopted with most of its lease left if it did commit.
+        self.claim_timeout = min(db_timeout, lease_seconds / 3)
 
         self.pool: asyncpg.Pool | None = None  # jobs
         self.control: asyncpg.Pool | None = None  # claims, renewals, reaping, hand-back
@@ -469,7 +474,7 @@ class Worker:
                     self._claim_in_doubt = True
                     rows = await self.control.fetch(
                         q("claim_jobs"), free, self.worker_id, self.lease_seconds,
-                        timeout=self.db_timeout,
+                        timeout=self.claim_timeout,
                     )  # fmt: skip
                     self._claim_in_doubt = False
                     for row in rows:
@@ -505,7 +510,7 @@ class Worker:
         assert self.control is not None
         rows = await self.control.fetch(
             q("adopt_lost_claims"), self.worker_id, [*self.running, *self._dropped],
-            timeout=self.db_timeout,
+            timeout=self.claim_timeout,
         )  # fmt: skip
         for row in rows:
             log.warning(
