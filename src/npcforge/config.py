@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     openrouter_max_retry_after_seconds: float = Field(
         default=20.0, ge=0, alias="OPENROUTER_MAX_RETRY_AFTER_SECONDS"
     )
+    # The longest any one outside answer may make anything wait: a requeued job's Retry-After
+    # (OpenRouter's or storage's) and the fleet-wide pause after a 429.
+    openrouter_max_delay_seconds: float = Field(
+        default=180.0, gt=0, le=86_400, alias="OPENROUTER_MAX_DELAY_SECONDS"
+    )
     # Unset: 64, or NPCFORGE_CONCURRENCY when that is larger (a slot never waits for a socket).
     openrouter_max_connections: int | None = Field(
         default=None, ge=1, alias="OPENROUTER_MAX_CONNECTIONS"

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import make_npc, wait_for
+from conftest import CapturedLogs, make_npc, wait_for
 from npcforge.api.app import create_app
 from npcforge.api.auth import NoAuth
 from npcforge.config import Settings
 from npcforge.db.connect import create_pool
-from npcforge.logs import JsonFormatter
 from npcforge.storage.supabase import XML_CONTENT_TYPE, SupabaseStorage
 from standins.supabase_storage import SupabaseStorageStandIn, running_storage_standin
 from workerkit import running_worker, wait_status
@@ -80,39 +78,6 @@ async def api(db_dsn: str, standin: SupabaseStorageStandIn) -> AsyncIterator[htt
             yield client
     finally:
         await storage.close()
-
-
-class CapturedLogs(logging.Handler):
-    """Every log record from any logger, rendered as the JSON lines production would write."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-@pytest.fixture
-def logs() -> Iterator[CapturedLogs]:
-    handler = CapturedLogs()
-    # npcforge's logger may not propagate once configure_logging ran; listen on it directly too.
-    loggers = [logging.getLogger(), logging.getLogger("npcforge")]
-    saved = [(lg, lg.level) for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        for lg, level in saved:
-            lg.removeHandler(handler)
-            lg.setLevel(level)
 
 
 # --- helpers ----------------------------------------------------------------------------------
