@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -9,10 +12,39 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+SERVICE_ROLE = "service_role"
 
 
 class ConfigError(Exception):
     """A setting is missing or wrong. The message names the variable; it never holds a secret."""
+
+
+def service_key_problem(key: str) -> str | None:
+    """Why `key` cannot be the key storage needs, or None when it is (or cannot be told apart).
+
+    Supabase keys are either opaque (`sb_secret_…`, `sb_publishable_…`) or JWTs whose `role`
+    claim names the role (legacy `service_role` and `anon` keys). With any role but
+    `service_role`, row-level security hides the bucket and its files: storage answers "no such
+    bucket" and "no such object" instead of refusing the key. The key itself is never quoted.
+    """
+    if key.startswith("sb_secret_"):
+        return None
+    if key.startswith("sb_publishable_"):
+        return "is a publishable key (sb_publishable_…), not a secret key"
+    parts = key.split(".")
+    if len(parts) != 3:
+        return None  # opaque: only storage can judge it
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return "looks like a JWT but its claims cannot be read"
+    role = claims.get("role") if isinstance(claims, dict) else None
+    if role == SERVICE_ROLE:
+        return None
+    if isinstance(role, str) and role:
+        shown = role if len(role) <= 40 else role[:39] + "…"
+        return f"is a key for the {shown!r} role, not {SERVICE_ROLE!r}"
+    return "is a JWT without a role claim"
 
 
 def _split_csv(value: object) -> object:
@@ -159,6 +191,13 @@ class Settings(BaseSettings):
         if key is None or not key.get_secret_value():
             raise ConfigError(
                 "SUPABASE_SERVICE_ROLE_KEY is not set; it is required when NPCFORGE_STORAGE=supabase"
+            )
+        problem = service_key_problem(key.get_secret_value())
+        if problem is not None:
+            raise ConfigError(
+                f"SUPABASE_SERVICE_ROLE_KEY {problem}; set it to the project's service_role key "
+                "(or a secret key, sb_secret_…): with any other key row-level security hides the "
+                "bucket and its files"
             )
         return self.supabase_url, key.get_secret_value()
 

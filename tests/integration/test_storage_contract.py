@@ -29,10 +29,15 @@ from npcforge.storage.supabase import (
     SupabaseStorage,
     classify_storage_failure,
 )
-from standins.supabase_storage import SupabaseStorageStandIn, running_storage_standin
+from standins.supabase_storage import (
+    SERVICE_ROLE_KEY,
+    SupabaseStorageStandIn,
+    mint_key,
+    running_storage_standin,
+)
 
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c3RhbmQtaW4tc2lnbmF0dXJl"
-WRONG_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3Jvbmcta2V5LXNpZ25hdHVyZQ"
+SERVICE_KEY = SERVICE_ROLE_KEY
+WRONG_KEY = mint_key("service_role", secret="another-projects-jwt-secret-of-32-chars")
 BUCKET = "npc-xml-files"
 KEY = "6f1d2c3b-0a9e-4c7d-8b5a-1e2f3a4b5c6d.xml"
 
@@ -77,7 +82,7 @@ class Backend:
 
 @pytest.fixture
 async def standin() -> AsyncIterator[SupabaseStorageStandIn]:
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as running:
+    async with running_storage_standin(buckets=[BUCKET]) as running:
         yield running
 
 
@@ -90,7 +95,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield made
         await made.close()
         return
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as running:
+    async with running_storage_standin(buckets=[BUCKET]) as running:
         made = Backend(
             "supabase",
             lambda bucket: SupabaseStorage(running.url, SERVICE_KEY, bucket, timeout_seconds=10),
@@ -345,7 +350,7 @@ async def test_dropped_connection_is_retryable(
 
 
 async def test_unreachable_server_is_retryable() -> None:
-    async with running_storage_standin(SERVICE_KEY) as gone:
+    async with running_storage_standin() as gone:
         url = gone.url
     storage = SupabaseStorage(url, SERVICE_KEY, BUCKET, timeout_seconds=2)
     try:

@@ -21,11 +21,16 @@ from npcforge.api.auth import NoAuth
 from npcforge.config import Settings
 from npcforge.db.connect import create_pool
 from npcforge.storage.supabase import XML_CONTENT_TYPE, SupabaseStorage
-from standins.supabase_storage import SupabaseStorageStandIn, running_storage_standin
-from workerkit import running_worker, wait_status
+from standins.supabase_storage import (
+    SERVICE_ROLE_KEY,
+    SupabaseStorageStandIn,
+    mint_key,
+    running_storage_standin,
+)
+from workerkit import ScriptedProvider, running_worker, wait_status
 
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.ZTJlLXNlcnZpY2Uta2V5"
-WRONG_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.ZTJlLXdyb25nLWtleS0xMjM0NQ"
+SERVICE_KEY = SERVICE_ROLE_KEY
+WRONG_KEY = mint_key("service_role", secret="another-projects-jwt-secret-of-32-chars")
 BUCKET = "npc-xml-files"
 
 
@@ -40,7 +45,7 @@ def storage_for(
 
 @pytest.fixture
 async def standin() -> AsyncIterator[SupabaseStorageStandIn]:
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as running:
+    async with running_storage_standin(buckets=[BUCKET]) as running:
         yield running
 
 
@@ -152,7 +157,7 @@ async def test_generate_upload_and_poll_returns_the_stored_xml(
     assert body["error"] is None
     stored = standin.object(BUCKET, f"{npc_id}.xml")
     assert stored is not None
-    assert stored.content_type == XML_CONTENT_TYPE == "application/xml; charset=utf-8"
+    assert stored.content_type == XML_CONTENT_TYPE == "application/xml"
     assert body["xml"].encode("utf-8") == stored.data
     assert body["contentSizeBytes"] == len(stored.data)
     assert stored.data.startswith(b"<?xml") and b"<npc " in stored.data
@@ -167,9 +172,11 @@ async def test_generate_upload_and_poll_returns_the_stored_xml(
 
 
 @pytest.mark.parametrize(
-    ("fault", "retry_after"), [("internal", None), ("slowdown", "1")], ids=["500", "SlowDown"]
+    ("fault", "retry_after"),
+    [("internal", None), ("slowdown", "1"), ("gateway", None), ("drop", None)],
+    ids=["500", "SlowDown", "gateway-502", "dropped"],
 )
-async def test_storage_fault_during_upload_is_retried_then_succeeds(
+async def test_storage_fault_during_upload_is_retried_without_a_new_model_call(
     conn: Any,
     db_dsn: str,
     standin: SupabaseStorageStandIn,
@@ -179,22 +186,18 @@ async def test_storage_fault_during_upload_is_retried_then_succeeds(
     retry_after: str | None,
 ) -> None:
     npc_id = await make_npc(conn)
-    standin.fail_next(fault, 1, retry_after=retry_after)  # type: ignore[arg-type]
-    async with running_worker(db_dsn, storage=worker_storage):
+    standin.fail_next(fault, 2, retry_after=retry_after)  # type: ignore[arg-type]
+    model = ScriptedProvider()
+    async with running_worker(db_dsn, storage=worker_storage, provider=model):
         job_id = await enqueue(conn, npc_id)
-
-        async def retried() -> bool:
-            return bool(await attempts(conn, job_id))
-
-        await wait_for(retried, timeout=20)
-        # Mid-retry the poller still sees its job, with no XML yet: never a 404.
-        waiting = await api.get(job_url(npc_id, job_id))
-        assert waiting.status_code == 200, waiting.text
-        assert waiting.json()["xml"] is None
         body = await poll_until_done(api, npc_id, job_id)
 
     assert body["status"] == "succeeded", body
-    assert await attempts(conn, job_id) == [("retry", "STORAGE_ERROR"), ("succeeded", None)]
+    # The XML was made once; only its upload was tried again, within the same attempt.
+    assert model.calls == 1
+    assert await attempts(conn, job_id) == [("succeeded", None)]
+    uploads = [r for r in standin.requests if r.method in ("POST", "PUT") and "/object/" in r.path]
+    assert len(uploads) == 3
     stored = standin.object(BUCKET, f"{npc_id}.xml")
     assert stored is not None and body["xml"].encode("utf-8") == stored.data
     assert standin.pending_faults == 0
@@ -298,7 +301,7 @@ async def test_object_deleted_after_success_answers_404_xml_not_found(
     assert "no-store" in response.headers["cache-control"]
 
 
-@pytest.mark.parametrize("fault", ["internal", "slowdown", "drop"])
+@pytest.mark.parametrize("fault", ["internal", "slowdown", "drop", "gateway"])
 async def test_storage_outage_during_poll_answers_503_with_retry_after(
     conn: Any,
     db_dsn: str,
@@ -328,7 +331,7 @@ async def test_storage_down_during_poll_answers_503_not_500(
     conn: Any, db_dsn: str, worker_storage: SupabaseStorage
 ) -> None:
     npc_id, job_id = await succeeded_job(conn, db_dsn, worker_storage)
-    async with running_storage_standin(SERVICE_KEY) as gone:
+    async with running_storage_standin() as gone:
         url = gone.url  # a port nothing listens on once the block ends
     storage = SupabaseStorage(url, SERVICE_KEY, BUCKET, timeout_seconds=2)
     try:
@@ -339,3 +342,45 @@ async def test_storage_down_during_poll_answers_503_not_500(
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "XML_FETCH_FAILED"
     assert "retry-after" in response.headers
+
+
+@pytest.mark.parametrize(
+    ("key", "bucket", "storage_code"),
+    [
+        # The download route lets a bad key through as no one, to whom a private bucket is
+        # invisible: the server answers NoSuchBucket, not AccessDenied.
+        (mint_key("service_role", expires_in=-60), BUCKET, "NoSuchBucket"),
+        (WRONG_KEY, BUCKET, "NoSuchBucket"),
+        (SERVICE_KEY, "bucket-nobody-created", "NoSuchBucket"),
+    ],
+    ids=["expired-key", "other-projects-key", "no-bucket"],
+)
+async def test_storage_refusing_the_read_answers_502_and_is_logged(
+    conn: Any,
+    db_dsn: str,
+    standin: SupabaseStorageStandIn,
+    worker_storage: SupabaseStorage,
+    logs: CapturedLogs,
+    key: str,
+    bucket: str,
+    storage_code: str,
+) -> None:
+    # Was: 503 + Retry-After for every storage error, so pollers retried forever, and no log.
+    npc_id, job_id = await succeeded_job(conn, db_dsn, worker_storage)
+    storage = storage_for(standin, key=key, bucket=bucket)
+    try:
+        async with api_on(db_dsn, storage) as api:
+            response = await api.get(job_url(npc_id, job_id))
+    finally:
+        await storage.close()
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "STORAGE_ERROR"
+    assert error["details"] == {"storageCode": storage_code}
+    assert "retry-after" not in response.headers
+    assert "no-store" in response.headers["cache-control"]
+    logged = [json.loads(line) for line in logs.lines]
+    refusal = next(line for line in logged if line["msg"] == "storage refused to return the XML")
+    assert refusal["level"] == "error" and refusal["storage_code"] == storage_code
+    assert refusal["npc_id"] == str(npc_id) and refusal["job_id"] == str(job_id)
+    assert key not in logs.text and key not in response.text

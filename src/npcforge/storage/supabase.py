@@ -29,7 +29,9 @@ from npcforge.storage.base import check_key, put_each
 
 log = logging.getLogger(__name__)
 
-XML_CONTENT_TYPE = "application/xml; charset=utf-8"
+# The real server keeps only the base type (it drops "; charset=utf-8"); the XML declaration
+# names the encoding.
+XML_CONTENT_TYPE = "application/xml"
 MAX_DOWNLOAD_BYTES = 2 * 262_144
 # Objects are overwritten on regeneration, so caches must not hold on to them for long.
 DEFAULT_CACHE_CONTROL_SECONDS = 60
