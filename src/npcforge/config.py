@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     supabase_jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
     jwt_audience: str = Field(default="authenticated", alias="NPCFORGE_JWT_AUDIENCE")
     jwks_url: str | None = Field(default=None, alias="NPCFORGE_JWKS_URL")
+    # Unset: $SUPABASE_URL/auth/v1 when SUPABASE_URL is set (what Supabase Auth puts in `iss`).
+    jwt_issuer: str | None = Field(default=None, alias="NPCFORGE_JWT_ISSUER")
     generate_per_minute: int = Field(default=10, ge=1, alias="NPCFORGE_GENERATE_PER_MINUTE")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="NPCFORGE_CORS_ORIGINS"
@@ -149,6 +151,7 @@ class Settings(BaseSettings):
         "metrics_port",
         "log_format",
         "jwks_url",
+        "jwt_issuer",
         mode="before",
     )
     @classmethod
@@ -167,6 +170,15 @@ class Settings(BaseSettings):
             return self.jwks_url
         if self.supabase_url:
             return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
+
+    @property
+    def effective_jwt_issuer(self) -> str | None:
+        """The `iss` access tokens must carry, or None when nothing says which."""
+        if self.jwt_issuer:
+            return self.jwt_issuer.rstrip("/")
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1"
         return None
 
     def require_database_url(self) -> str:
