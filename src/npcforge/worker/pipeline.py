@@ -169,7 +169,8 @@ class JobRunner:
             if outcome.status != "deferred":
                 return outcome
             self.metrics.upload_retries.inc()
-            log.warning(
+            # Warn once per job; the tries after it are the same story.
+            (log.warning if claim.upload_failures == 1 else log.info)(
                 "upload failed; trying it again without a new model call",
                 extra={**self.ids(claim), "action": "upload_retry",
                        "code": outcome.error.code if outcome.error else None,
