@@ -14,10 +14,8 @@ from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 
 
-async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
-    own_cluster, storage_dir
-):
-    dsn = own_cluster.dsn
+async def seeded(dsn: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A migrated database with a queued job: (npc id, job id, owner, another NPC of the owner)."""
     conn = await connect(dsn)
     try:
         await migrate(conn)
@@ -27,6 +25,14 @@ async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
         other = await make_npc(conn, ownerId=str(owner))
     finally:
         await conn.close()
+    return npc_id, job_id, owner, other
+
+
+async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
+    own_cluster, storage_dir
+):
+    dsn = own_cluster.dsn
+    npc_id, job_id, owner, other = await seeded(dsn)
     headers = bearer(token(owner))
     poll_url = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
     async with api_harness(dsn, storage_dir) as api:
@@ -63,14 +69,7 @@ async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
 async def test_the_first_poll_after_a_postgres_restart_answers_200(own_cluster, storage_dir):
     # Polls keep an idle connection between batches; a restart kills it while nobody polls.
     dsn = own_cluster.dsn
-    conn = await connect(dsn)
-    try:
-        await migrate(conn)
-        npc_id = await make_npc(conn, ownerId=str(uuid.uuid4()))
-        owner = await owner_of(conn, npc_id)
-        job_id = await queue_job(conn, npc_id)
-    finally:
-        await conn.close()
+    npc_id, job_id, owner, _ = await seeded(dsn)
     headers = bearer(token(owner))
     poll_url = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
     async with api_harness(dsn, storage_dir) as api:

@@ -16,14 +16,12 @@ import pytest
 from clikit import Result, cli_env, run_cli
 from standins.supabase_storage import (
     ANON_KEY,
+    FOREIGN_SERVICE_KEY,
     SERVICE_ROLE_KEY,
     SupabaseStorageStandIn,
-    mint_key,
     running_storage_standin,
 )
 
-SERVICE_KEY = SERVICE_ROLE_KEY
-WRONG_KEY = mint_key("service_role", secret="another-projects-jwt-secret-of-32-chars")
 BUCKET = "npc-xml-files"
 
 
@@ -34,7 +32,9 @@ async def empty_standin() -> AsyncIterator[SupabaseStorageStandIn]:
         yield running
 
 
-def supabase_env(url: str, *, key: str = SERVICE_KEY, dsn: str | None = None) -> dict[str, str]:
+def supabase_env(
+    url: str, *, key: str = SERVICE_ROLE_KEY, dsn: str | None = None
+) -> dict[str, str]:
     env = cli_env(
         NPCFORGE_STORAGE="supabase",
         SUPABASE_URL=url,
@@ -91,20 +91,20 @@ async def test_worker_exits_2_when_the_bucket_is_missing(
     assert result.code == 2, result
     assert "npcforge storage ensure-bucket" in result.err
     assert repr(BUCKET) in result.err
-    assert SERVICE_KEY not in result.out + result.err
+    assert SERVICE_ROLE_KEY not in result.out + result.err
 
 
 async def test_worker_exits_2_on_a_refused_key_and_names_the_variable(
     empty_standin: SupabaseStorageStandIn, db_dsn: str, tmp_path: Path
 ) -> None:
     empty_standin.add_bucket(BUCKET)
-    env = supabase_env(empty_standin.url, key=WRONG_KEY, dsn=db_dsn)
+    env = supabase_env(empty_standin.url, key=FOREIGN_SERVICE_KEY, dsn=db_dsn)
     result = await run_cli("worker", env=env, cwd=tmp_path, timeout=30)
     assert result.code == 2, result
     assert "AccessDenied" in result.err
     assert "SUPABASE_SERVICE_ROLE_KEY" in result.err
-    assert WRONG_KEY not in result.out + result.err
-    assert WRONG_KEY.rsplit(".", 1)[-1] not in result.out + result.err
+    assert FOREIGN_SERVICE_KEY not in result.out + result.err
+    assert FOREIGN_SERVICE_KEY.rsplit(".", 1)[-1] not in result.out + result.err
 
 
 PUBLISHABLE_KEY = "sb_publishable_0123456789abcdefghijklmnopqrstuv"
@@ -193,11 +193,11 @@ async def test_ensure_bucket_creates_a_private_bucket_once_then_the_worker_start
 async def test_ensure_bucket_with_a_refused_key_exits_2_without_echoing_it(
     empty_standin: SupabaseStorageStandIn, tmp_path: Path
 ) -> None:
-    env = supabase_env(empty_standin.url, key=WRONG_KEY)
+    env = supabase_env(empty_standin.url, key=FOREIGN_SERVICE_KEY)
     result = await run_cli("storage", "ensure-bucket", env=env, cwd=tmp_path, timeout=30)
     assert result.code == 2, result
     assert "SUPABASE_SERVICE_ROLE_KEY" in result.err
-    assert WRONG_KEY not in result.out + result.err
+    assert FOREIGN_SERVICE_KEY not in result.out + result.err
     assert empty_standin.buckets == {}
 
 

@@ -22,6 +22,7 @@ from npcforge.config import Settings
 from npcforge.db.connect import create_pool
 from npcforge.storage.supabase import XML_CONTENT_TYPE, SupabaseStorage
 from standins.supabase_storage import (
+    FOREIGN_SERVICE_KEY,
     SERVICE_ROLE_KEY,
     SupabaseStorageStandIn,
     mint_key,
@@ -29,13 +30,11 @@ from standins.supabase_storage import (
 )
 from workerkit import ScriptedProvider, running_worker, wait_status
 
-SERVICE_KEY = SERVICE_ROLE_KEY
-WRONG_KEY = mint_key("service_role", secret="another-projects-jwt-secret-of-32-chars")
 BUCKET = "npc-xml-files"
 
 
 def storage_for(
-    standin: SupabaseStorageStandIn, *, key: str = SERVICE_KEY, bucket: str = BUCKET
+    standin: SupabaseStorageStandIn, *, key: str = SERVICE_ROLE_KEY, bucket: str = BUCKET
 ) -> SupabaseStorage:
     return SupabaseStorage(standin.url, key, bucket, timeout_seconds=5)
 
@@ -123,6 +122,17 @@ async def poll_until_done(
 
     done: dict[str, Any] = await wait_for(finished, timeout=30, interval=0.1)
     return done
+
+
+async def poll_once_through(
+    db_dsn: str, storage: SupabaseStorage, npc_id: uuid.UUID, job_id: uuid.UUID
+) -> httpx.Response:
+    """One poll through an API on `storage` (closed afterwards)."""
+    try:
+        async with api_on(db_dsn, storage) as api:
+            return await api.get(job_url(npc_id, job_id))
+    finally:
+        await storage.close()
 
 
 async def succeeded_job(
@@ -238,7 +248,7 @@ async def test_wrong_service_key_fails_access_denied_and_is_never_echoed(
     logs: CapturedLogs,
 ) -> None:
     npc_id = await make_npc(conn)
-    storage = storage_for(standin, key=WRONG_KEY)
+    storage = storage_for(standin, key=FOREIGN_SERVICE_KEY)
     try:
         async with running_worker(db_dsn, storage=storage):
             job_id = await enqueue(conn, npc_id)
@@ -256,7 +266,7 @@ async def test_wrong_service_key_fails_access_denied_and_is_never_echoed(
         "SELECT * FROM npc_generation_attempts WHERE job_id = $1", job_id
     )
     # The storage really was asked with the wrong key (so there was something to leak).
-    assert any(r.headers.get("apikey") == WRONG_KEY for r in standin.requests)
+    assert any(r.headers.get("apikey") == FOREIGN_SERVICE_KEY for r in standin.requests)
     places = {
         "job error": json.dumps(error),
         "attempt rows": json.dumps([dict(r) for r in attempt_rows], default=str),
@@ -265,8 +275,10 @@ async def test_wrong_service_key_fails_access_denied_and_is_never_echoed(
     }
     assert logs.lines, "the worker logged nothing to check"
     for place, text in places.items():
-        assert WRONG_KEY not in text, place
-        assert WRONG_KEY.rsplit(".", 1)[-1] not in text, place  # not even the signature part
+        assert FOREIGN_SERVICE_KEY not in text, place
+        assert FOREIGN_SERVICE_KEY.rsplit(".", 1)[-1] not in text, (
+            place
+        )  # not even the signature part
 
 
 # --- polling after success --------------------------------------------------------------------
@@ -287,7 +299,7 @@ async def test_object_deleted_after_success_answers_404_xml_not_found(
             "DELETE",
             f"/storage/v1/object/{BUCKET}",
             json={"prefixes": [f"{npc_id}.xml"]},
-            headers={"Authorization": f"Bearer {SERVICE_KEY}", "apiKey": SERVICE_KEY},
+            headers={"Authorization": f"Bearer {SERVICE_ROLE_KEY}", "apiKey": SERVICE_ROLE_KEY},
         )
     assert deleted.status_code == 200, deleted.text
     assert standin.object(BUCKET, f"{npc_id}.xml") is None
@@ -333,12 +345,8 @@ async def test_storage_down_during_poll_answers_503_not_500(
     npc_id, job_id = await succeeded_job(conn, db_dsn, worker_storage)
     async with running_storage_standin() as gone:
         url = gone.url  # a port nothing listens on once the block ends
-    storage = SupabaseStorage(url, SERVICE_KEY, BUCKET, timeout_seconds=2)
-    try:
-        async with api_on(db_dsn, storage) as api:
-            response = await api.get(job_url(npc_id, job_id))
-    finally:
-        await storage.close()
+    storage = SupabaseStorage(url, SERVICE_ROLE_KEY, BUCKET, timeout_seconds=2)
+    response = await poll_once_through(db_dsn, storage, npc_id, job_id)
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "XML_FETCH_FAILED"
     assert "retry-after" in response.headers
@@ -350,8 +358,8 @@ async def test_storage_down_during_poll_answers_503_not_500(
         # The download route lets a bad key through as no one, to whom a private bucket is
         # invisible: the server answers NoSuchBucket, not AccessDenied.
         (mint_key("service_role", expires_in=-60), BUCKET, "NoSuchBucket"),
-        (WRONG_KEY, BUCKET, "NoSuchBucket"),
-        (SERVICE_KEY, "bucket-nobody-created", "NoSuchBucket"),
+        (FOREIGN_SERVICE_KEY, BUCKET, "NoSuchBucket"),
+        (SERVICE_ROLE_KEY, "bucket-nobody-created", "NoSuchBucket"),
     ],
     ids=["expired-key", "other-projects-key", "no-bucket"],
 )
@@ -368,11 +376,7 @@ async def test_storage_refusing_the_read_answers_502_and_is_logged(
     # Was: 503 + Retry-After for every storage error, so pollers retried forever, and no log.
     npc_id, job_id = await succeeded_job(conn, db_dsn, worker_storage)
     storage = storage_for(standin, key=key, bucket=bucket)
-    try:
-        async with api_on(db_dsn, storage) as api:
-            response = await api.get(job_url(npc_id, job_id))
-    finally:
-        await storage.close()
+    response = await poll_once_through(db_dsn, storage, npc_id, job_id)
     assert response.status_code == 502, response.text
     error = response.json()["error"]
     assert error["code"] == "STORAGE_ERROR"

@@ -87,6 +87,8 @@ def mint_key(
 
 SERVICE_ROLE_KEY = mint_key(SERVICE_ROLE)
 ANON_KEY = mint_key("anon")
+# Another project's service_role key: the right role, signed with a secret this one does not know.
+FOREIGN_SERVICE_KEY = mint_key(SERVICE_ROLE, secret="another-projects-jwt-secret-of-32-chars")
 
 
 class StorageJSON(JSONResponse):

@@ -237,11 +237,15 @@ def expected_parameters(npc: NpcRecord) -> list[tuple[str, str]]:
 # --- Rendering (the template provider) ---------------------------------------------------------
 
 
-def _escape_attribute(value: str) -> str:
+def _xml_chars_only(value: str) -> str:
     bad = _NOT_XML_CHARS.search(value)
     if bad is not None:
         raise ValueError(f"character U+{ord(bad.group()):04X} cannot appear in XML")
-    return value.translate(_ATTRIBUTE_ESCAPES)
+    return value
+
+
+def _escape_attribute(value: str) -> str:
+    return _xml_chars_only(value).translate(_ATTRIBUTE_ESCAPES)
 
 
 def _attributes_text(attributes: Iterable[tuple[str, str]]) -> str:
@@ -740,7 +744,4 @@ def _write_element(element: Element, out: list[str], *, depth: int) -> bool:
 
 
 def _escape_text(text: str) -> str:
-    bad = _NOT_XML_CHARS.search(text)
-    if bad is not None:
-        raise ValueError(f"character U+{ord(bad.group()):04X} cannot appear in XML")
-    return text.translate(_TEXT_ESCAPES)
+    return _xml_chars_only(text).translate(_TEXT_ESCAPES)
