@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from storage3.exceptions import StorageApiError
 
 from npcforge.errors import (
     MAX_DETAIL_CHARS,
@@ -16,6 +17,7 @@ from npcforge.errors import (
 )
 from npcforge.generation.retry import classify_error
 from npcforge.redaction import MIN_FRAGMENT, REDACTED, cut, redact, scrub
+from npcforge.storage.supabase import classify_storage_failure
 
 KEY = "sk-or-v1-REDTEAMSECRET-0123456789abcdef0123456789abcdef"
 
@@ -104,3 +106,10 @@ def test_a_message_set_later_is_bounded_too() -> None:
     error.message = "q" * 100_000
     assert len(error.message) == MAX_MESSAGE_CHARS
     assert error.args == (error.message,)
+
+
+def test_a_storage_answer_echoing_the_key_in_any_field_is_scrubbed() -> None:
+    echoed = StorageApiError(f"key {KEY[:20]}… is not valid", KEY, KEY * 2)
+    failure = classify_storage_failure(echoed, operation="upload", secrets=[KEY])
+    assert_clean(json.dumps(failure.as_json()))
+    assert failure.details is not None and failure.details["storageCode"] == REDACTED
