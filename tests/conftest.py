@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 from npcforge.embedded import EmbeddedPostgres, temporary_postgres
 from npcforge.importer import insert_npc, parse_npc
+from npcforge.logs import JsonFormatter
 
 TEMPLATE_DB = "npcforge_template"
 _counter = itertools.count()
@@ -197,3 +199,36 @@ async def supabase_database(templates: SupabaseTemplates, template: str) -> str:
     name = f"s_{os.getpid()}_{next(_counter)}"
     await templates.cluster.create_database(name, template=template)
     return name
+
+
+class CapturedLogs(logging.Handler):
+    """Every log record from any logger, rendered as the JSON lines production would write."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def logs() -> Iterator[CapturedLogs]:
+    handler = CapturedLogs()
+    # npcforge's logger may not propagate once configure_logging ran; listen on it directly too.
+    loggers = [logging.getLogger(), logging.getLogger("npcforge")]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        for lg, level in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)

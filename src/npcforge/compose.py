@@ -38,6 +38,7 @@ def build_provider(settings: Settings, dsn: str | None = None) -> Provider:
         # the queue; a cap's queue is waited out for up to half the job's deadline.
         max_pause_wait=settings.openrouter_max_retry_after_seconds,
         max_slot_wait=settings.job_deadline_seconds / 2,
+        max_pause=settings.openrouter_max_delay_seconds,
     )
     return OpenRouterProvider(settings, gate=gate)
 
@@ -81,6 +82,7 @@ def build_worker(
         poll_seconds=settings.poll_seconds,
         shutdown_seconds=settings.shutdown_seconds,
         job_deadline_seconds=settings.job_deadline_seconds,
+        max_retry_delay_seconds=settings.openrouter_max_delay_seconds,
         notifier=SystemdNotifier(
             settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
         ),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -10,10 +13,39 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+SERVICE_ROLE = "service_role"
 
 
 class ConfigError(Exception):
     """A setting is missing or wrong. The message names the variable; it never holds a secret."""
+
+
+def service_key_problem(key: str) -> str | None:
+    """Why `key` cannot be the key storage needs, or None when it is (or cannot be told apart).
+
+    Supabase keys are either opaque (`sb_secret_…`, `sb_publishable_…`) or JWTs whose `role`
+    claim names the role (legacy `service_role` and `anon` keys). With any role but
+    `service_role`, row-level security hides the bucket and its files: storage answers "no such
+    bucket" and "no such object" instead of refusing the key. The key itself is never quoted.
+    """
+    if key.startswith("sb_secret_"):
+        return None
+    if key.startswith("sb_publishable_"):
+        return "is a publishable key (sb_publishable_…), not a secret key"
+    parts = key.split(".")
+    if len(parts) != 3:
+        return None  # opaque: only storage can judge it
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return "looks like a JWT but its claims cannot be read"
+    role = claims.get("role") if isinstance(claims, dict) else None
+    if role == SERVICE_ROLE:
+        return None
+    if isinstance(role, str) and role:
+        shown = role if len(role) <= 40 else role[:39] + "…"
+        return f"is a key for the {shown!r} role, not {SERVICE_ROLE!r}"
+    return "is a JWT without a role claim"
 
 
 def _split_csv(value: object) -> object:
@@ -125,6 +157,11 @@ class Settings(BaseSettings):
     openrouter_max_retry_after_seconds: float = Field(
         default=20.0, ge=0, alias="OPENROUTER_MAX_RETRY_AFTER_SECONDS"
     )
+    # The longest any one outside answer may make anything wait: a requeued job's Retry-After
+    # (OpenRouter's or storage's) and the fleet-wide pause after a 429.
+    openrouter_max_delay_seconds: float = Field(
+        default=180.0, gt=0, le=86_400, alias="OPENROUTER_MAX_DELAY_SECONDS"
+    )
     # Unset: 64, or NPCFORGE_CONCURRENCY when that is larger (a slot never waits for a socket).
     openrouter_max_connections: int | None = Field(
         default=None, ge=1, alias="OPENROUTER_MAX_CONNECTIONS"
@@ -153,6 +190,8 @@ class Settings(BaseSettings):
     supabase_jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
     jwt_audience: str = Field(default="authenticated", alias="NPCFORGE_JWT_AUDIENCE")
     jwks_url: HttpUrl | None = Field(default=None, alias="NPCFORGE_JWKS_URL")
+    # Unset: $SUPABASE_URL/auth/v1 when SUPABASE_URL is set (what Supabase Auth puts in `iss`).
+    jwt_issuer: str | None = Field(default=None, alias="NPCFORGE_JWT_ISSUER")
     generate_per_minute: int = Field(default=10, ge=1, alias="NPCFORGE_GENERATE_PER_MINUTE")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="NPCFORGE_CORS_ORIGINS"
@@ -190,6 +229,7 @@ class Settings(BaseSettings):
         "supabase_url",
         "jwks_url",
         "database_listen_url",
+        "jwt_issuer",
         mode="before",
     )
     @classmethod
@@ -208,6 +248,15 @@ class Settings(BaseSettings):
             return self.jwks_url
         if self.supabase_url:
             return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
+
+    @property
+    def effective_jwt_issuer(self) -> str | None:
+        """The `iss` access tokens must carry, or None when nothing says which."""
+        if self.jwt_issuer:
+            return self.jwt_issuer.rstrip("/")
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1"
         return None
 
     def require_database_url(self) -> str:
@@ -250,6 +299,13 @@ class Settings(BaseSettings):
         if key is None or not key.get_secret_value():
             raise ConfigError(
                 "SUPABASE_SERVICE_ROLE_KEY is not set; it is required when NPCFORGE_STORAGE=supabase"
+            )
+        problem = service_key_problem(key.get_secret_value())
+        if problem is not None:
+            raise ConfigError(
+                f"SUPABASE_SERVICE_ROLE_KEY {problem}; set it to the project's service_role key "
+                "(or a secret key, sb_secret_…): with any other key row-level security hides the "
+                "bucket and its files"
             )
         return self.supabase_url, key.get_secret_value()
 

@@ -21,6 +21,11 @@ class WorkerMetrics:
         self.retried = Counter(
             "npcforge_jobs_retried", "Attempts handed back to the queue to retry.", registry=r
         )
+        self.upload_retries = Counter(
+            "npcforge_upload_retries",
+            "Failed uploads of a validated XML tried again in place (no new model call).",
+            registry=r,
+        )
         self.rescued = Counter(
             "npcforge_jobs_rescued", "Jobs taken back from workers whose lease expired.", registry=r
         )

@@ -321,11 +321,15 @@ async def test_jwks_default_url_comes_from_supabase_url(db_dsn, storage_dir, own
         jwks.keys = [public_jwk(private, "k", "ES256")]
         supabase_url = jwks.url.split("/auth/v1/")[0]
         settings = jwt_settings(SUPABASE_URL=supabase_url)
+        iss = supabase_url + "/auth/v1"  # what Supabase Auth puts in its tokens
         async with api_harness(db_dsn, storage_dir, settings=settings) as api:
             es = await poll_status(
-                api.client, npc_id, job_id, bearer(token(owner, key=private, alg="ES256", kid="k"))
+                api.client,
+                npc_id,
+                job_id,
+                bearer(token(owner, key=private, alg="ES256", kid="k", iss=iss)),
             )
-            hs = await poll_status(api.client, npc_id, job_id, bearer(token(owner)))
+            hs = await poll_status(api.client, npc_id, job_id, bearer(token(owner, iss=iss)))
     assert es.status_code == 200, es.text
     assert hs.status_code == 200  # both kinds work when both are configured
 
@@ -431,3 +435,40 @@ async def test_auth_none_needs_no_token(db_dsn, storage_dir, owned_job):
         document = (await api.client.get("/openapi.json")).json()
     assert response.status_code == 200
     assert "securitySchemes" not in document["components"]
+
+
+async def test_a_token_of_another_project_sharing_the_secret_is_refused(
+    db_dsn, storage_dir, owned_job
+):
+    npc_id, job_id, owner = owned_job
+    here, there = "https://abcdefghijklmnop.supabase.co", "https://qrstuvwxyzabcdef.supabase.co"
+    settings = jwt_settings(SUPABASE_URL=here)
+    tokens = {
+        "ours": token(owner, iss=f"{here}/auth/v1"),
+        "another project's": token(owner, iss=f"{there}/auth/v1"),
+        "no iss": token(owner),
+        "our service key": token(
+            None, aud=None, role="service_role", iss="supabase", ref="abcdefghijklmnop"
+        ),
+        "another project's service key": token(
+            None, aud=None, role="service_role", iss="supabase", ref="qrstuvwxyzabcdef"
+        ),
+    }
+    async with api_harness(db_dsn, storage_dir, settings=settings) as api:
+        answers = {
+            name: await poll_status(api.client, npc_id, job_id, bearer(value))
+            for name, value in tokens.items()
+        }
+        overridden = jwt_settings(SUPABASE_URL=here, NPCFORGE_JWT_ISSUER="https://auth.example")
+    async with api_harness(db_dsn, storage_dir, settings=overridden) as api:
+        custom = await poll_status(
+            api.client, npc_id, job_id, bearer(token(owner, iss="https://auth.example"))
+        )
+        ours_elsewhere = await poll_status(api.client, npc_id, job_id, bearer(tokens["ours"]))
+
+    assert answers["ours"].status_code == 200, answers["ours"].text
+    assert answers["our service key"].status_code == 200
+    for name in ("another project's", "no iss", "another project's service key"):
+        assert_unauthorized(answers[name], "invalid_issuer")
+    assert custom.status_code == 200, custom.text
+    assert_unauthorized(ours_elsewhere, "invalid_issuer")

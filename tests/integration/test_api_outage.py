@@ -14,10 +14,8 @@ from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 
 
-async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
-    own_cluster, storage_dir
-):
-    dsn = own_cluster.dsn
+async def seeded(dsn: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A migrated database with a queued job: (npc id, job id, owner, another NPC of the owner)."""
     conn = await connect(dsn)
     try:
         await migrate(conn)
@@ -27,6 +25,14 @@ async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
         other = await make_npc(conn, ownerId=str(owner))
     finally:
         await conn.close()
+    return npc_id, job_id, owner, other
+
+
+async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
+    own_cluster, storage_dir
+):
+    dsn = own_cluster.dsn
+    npc_id, job_id, owner, other = await seeded(dsn)
     headers = bearer(token(owner))
     poll_url = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
     async with api_harness(dsn, storage_dir) as api:
@@ -58,3 +64,21 @@ async def test_polls_and_starts_answer_503_while_postgres_is_down_then_recover(
     # The failed start did not use up the user's start allowance, nor start anything.
     assert restarted.status_code == 202, restarted.text
     assert 'status="503"' in metrics and 'status="500"' not in metrics
+
+
+async def test_the_first_poll_after_a_postgres_restart_answers_200(own_cluster, storage_dir):
+    # Polls keep an idle connection between batches; a restart kills it while nobody polls.
+    dsn = own_cluster.dsn
+    npc_id, job_id, owner, _ = await seeded(dsn)
+    headers = bearer(token(owner))
+    poll_url = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
+    async with api_harness(dsn, storage_dir) as api:
+        before = await api.client.get(poll_url, headers=headers)
+        await asyncio.to_thread(pgctl.stop_server, own_cluster)
+        await asyncio.to_thread(pgctl.start_server, own_cluster)
+        after = [await api.client.get(poll_url, headers=headers) for _ in range(5)]
+
+    assert before.status_code == 200
+    # Was [503, 200, 200, 200, 200]: the kept connection was used dead.
+    assert [r.status_code for r in after] == [200] * 5, [r.text for r in after]
+    assert all(r.json() == before.json() for r in after)

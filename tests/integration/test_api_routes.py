@@ -328,8 +328,10 @@ async def test_succeeded_job_returns_the_stored_xml(conn, db_dsn, storage_dir, n
     assert body["contentSizeBytes"] == len(xml)
     assert body["error"] is None
     assert_error(missing, 404, "XML_NOT_FOUND")
-    assert_error(broken, 503, "XML_FETCH_FAILED")
-    assert int(broken.headers["retry-after"]) > 0
+    # The bucket is gone: polling again cannot help, so no 503 and no Retry-After.
+    assert_error(broken, 502, "STORAGE_ERROR")
+    assert broken.json()["error"]["details"] == {"storageCode": "NoSuchBucket"}
+    assert "retry-after" not in broken.headers
 
 
 async def test_each_poll_answers_from_the_rows_and_files_current_state(

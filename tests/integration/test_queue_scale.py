@@ -10,15 +10,15 @@ from typing import Any
 from conftest import make_npc, make_npcs
 from npcforge.db.queries import q
 from queuekit import job_counts, wait_all, worker_env, worker_processes
-from standins.supabase_storage import running_storage_standin
+from standins.supabase_storage import SERVICE_ROLE_KEY, running_storage_standin
 
-SERVICE_KEY = "service-role-key-for-tests"
+SERVICE_KEY = SERVICE_ROLE_KEY
 BUCKET = "npc-xml-files"
 
 
 async def test_four_worker_processes_run_2000_jobs_exactly_once(conn, db_dsn, tmp_path):
     ids = await make_npcs(conn, 2000)
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as storage:
+    async with running_storage_standin(buckets=[BUCKET]) as storage:
         env = worker_env(
             db_dsn, tmp_path,
             NPCFORGE_STORAGE="supabase", SUPABASE_URL=storage.url,

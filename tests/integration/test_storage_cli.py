@@ -14,21 +14,27 @@ from pathlib import Path
 import pytest
 
 from clikit import Result, cli_env, run_cli
-from standins.supabase_storage import SupabaseStorageStandIn, running_storage_standin
+from standins.supabase_storage import (
+    ANON_KEY,
+    FOREIGN_SERVICE_KEY,
+    SERVICE_ROLE_KEY,
+    SupabaseStorageStandIn,
+    running_storage_standin,
+)
 
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.Y2xpLXNlcnZpY2Uta2V5"
-WRONG_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.Y2xpLWFub24ta2V5LTk4NzY1"
 BUCKET = "npc-xml-files"
 
 
 @pytest.fixture
 async def empty_standin() -> AsyncIterator[SupabaseStorageStandIn]:
     """A Supabase project whose storage has no bucket yet."""
-    async with running_storage_standin(SERVICE_KEY) as running:
+    async with running_storage_standin() as running:
         yield running
 
 
-def supabase_env(url: str, *, key: str = SERVICE_KEY, dsn: str | None = None) -> dict[str, str]:
+def supabase_env(
+    url: str, *, key: str = SERVICE_ROLE_KEY, dsn: str | None = None
+) -> dict[str, str]:
     env = cli_env(
         NPCFORGE_STORAGE="supabase",
         SUPABASE_URL=url,
@@ -85,26 +91,71 @@ async def test_worker_exits_2_when_the_bucket_is_missing(
     assert result.code == 2, result
     assert "npcforge storage ensure-bucket" in result.err
     assert repr(BUCKET) in result.err
-    assert SERVICE_KEY not in result.out + result.err
+    assert SERVICE_ROLE_KEY not in result.out + result.err
 
 
 async def test_worker_exits_2_on_a_refused_key_and_names_the_variable(
     empty_standin: SupabaseStorageStandIn, db_dsn: str, tmp_path: Path
 ) -> None:
     empty_standin.add_bucket(BUCKET)
-    env = supabase_env(empty_standin.url, key=WRONG_KEY, dsn=db_dsn)
+    env = supabase_env(empty_standin.url, key=FOREIGN_SERVICE_KEY, dsn=db_dsn)
     result = await run_cli("worker", env=env, cwd=tmp_path, timeout=30)
     assert result.code == 2, result
     assert "AccessDenied" in result.err
     assert "SUPABASE_SERVICE_ROLE_KEY" in result.err
-    assert WRONG_KEY not in result.out + result.err
-    assert WRONG_KEY.rsplit(".", 1)[-1] not in result.out + result.err
+    assert FOREIGN_SERVICE_KEY not in result.out + result.err
+    assert FOREIGN_SERVICE_KEY.rsplit(".", 1)[-1] not in result.out + result.err
+
+
+PUBLISHABLE_KEY = "sb_publishable_0123456789abcdefghijklmnopqrstuv"
+SECRET_KEY = "sb_secret_0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [(ANON_KEY, "'anon' role"), (PUBLISHABLE_KEY, "publishable key")],
+    ids=["anon-jwt", "sb_publishable"],
+)
+async def test_a_key_that_is_not_the_service_role_is_refused_at_start(
+    empty_standin: SupabaseStorageStandIn, db_dsn: str, tmp_path: Path, key: str, says: str
+) -> None:
+    # With such a key the real server hides the bucket (NoSuchBucket) and every file (NoSuchKey):
+    # the worker used to say "bucket does not exist" and doctor to suggest ensure-bucket.
+    empty_standin.add_bucket(BUCKET)
+    env = supabase_env(empty_standin.url, key=key, dsn=db_dsn)
+    for command in (["worker"], ["api", "--port", "0"], ["storage", "ensure-bucket"]):
+        result = await run_cli(*command, env=env, cwd=tmp_path, timeout=30)
+        assert result.code == 2, (command, result)
+        assert "SUPABASE_SERVICE_ROLE_KEY" in result.err and says in result.err, result.err
+        assert "service_role" in result.err
+        assert "ensure-bucket" not in result.err
+        assert key not in result.out + result.err
+        assert key[-12:] not in result.out + result.err
+    assert empty_standin.requests == []  # refused before storage was ever asked
+
+    doctor = await run_cli("doctor", env=env, cwd=tmp_path, timeout=30)
+    storage_line = next(line for line in doctor.out.splitlines() if " storage:" in line)
+    assert storage_line.startswith("FAIL") and says in storage_line, doctor.out
+    assert "ensure-bucket" not in storage_line
+
+
+async def test_a_secret_key_is_accepted_like_the_service_role_key(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    async with running_storage_standin(
+        buckets=[BUCKET], api_keys={SECRET_KEY: "service_role"}
+    ) as standin:
+        env = supabase_env(standin.url, key=SECRET_KEY, dsn=db_dsn)
+        result, lines = await run_worker_until_started(env, tmp_path)
+    assert result.code == 0, result
+    assert not any(line["msg"].startswith("storage unreachable") for line in lines)
+    assert [r.path for r in standin.requests] == [f"/storage/v1/bucket/{BUCKET}"]
 
 
 async def test_worker_starts_anyway_when_storage_is_briefly_unreachable(
     db_dsn: str, tmp_path: Path
 ) -> None:
-    async with running_storage_standin(SERVICE_KEY) as gone:
+    async with running_storage_standin() as gone:
         url = gone.url  # nothing listens there any more
     result, lines = await run_worker_until_started(supabase_env(url, dsn=db_dsn), tmp_path)
     assert result.code == 0, result
@@ -142,16 +193,16 @@ async def test_ensure_bucket_creates_a_private_bucket_once_then_the_worker_start
 async def test_ensure_bucket_with_a_refused_key_exits_2_without_echoing_it(
     empty_standin: SupabaseStorageStandIn, tmp_path: Path
 ) -> None:
-    env = supabase_env(empty_standin.url, key=WRONG_KEY)
+    env = supabase_env(empty_standin.url, key=FOREIGN_SERVICE_KEY)
     result = await run_cli("storage", "ensure-bucket", env=env, cwd=tmp_path, timeout=30)
     assert result.code == 2, result
     assert "SUPABASE_SERVICE_ROLE_KEY" in result.err
-    assert WRONG_KEY not in result.out + result.err
+    assert FOREIGN_SERVICE_KEY not in result.out + result.err
     assert empty_standin.buckets == {}
 
 
 async def test_ensure_bucket_exits_1_when_storage_is_unreachable(tmp_path: Path) -> None:
-    async with running_storage_standin(SERVICE_KEY) as gone:
+    async with running_storage_standin() as gone:
         url = gone.url
     result = await run_cli(
         "storage", "ensure-bucket", env=supabase_env(url), cwd=tmp_path, timeout=30
@@ -164,7 +215,7 @@ async def test_ensure_bucket_exits_1_when_storage_is_unreachable(tmp_path: Path)
 async def test_sigterm_during_the_start_up_storage_check_exits_0_without_claiming(
     db_dsn: str, tmp_path: Path
 ) -> None:
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as standin:
+    async with running_storage_standin(buckets=[BUCKET]) as standin:
         standin.fail_next("slow", 1, delay=8.0)  # the bucket check hangs
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "npcforge", "worker",

@@ -29,10 +29,13 @@ from npcforge.storage.supabase import (
     SupabaseStorage,
     classify_storage_failure,
 )
-from standins.supabase_storage import SupabaseStorageStandIn, running_storage_standin
+from standins.supabase_storage import (
+    FOREIGN_SERVICE_KEY,
+    SERVICE_ROLE_KEY,
+    SupabaseStorageStandIn,
+    running_storage_standin,
+)
 
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c3RhbmQtaW4tc2lnbmF0dXJl"
-WRONG_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.d3Jvbmcta2V5LXNpZ25hdHVyZQ"
 BUCKET = "npc-xml-files"
 KEY = "6f1d2c3b-0a9e-4c7d-8b5a-1e2f3a4b5c6d.xml"
 
@@ -77,7 +80,7 @@ class Backend:
 
 @pytest.fixture
 async def standin() -> AsyncIterator[SupabaseStorageStandIn]:
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as running:
+    async with running_storage_standin(buckets=[BUCKET]) as running:
         yield running
 
 
@@ -90,10 +93,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield made
         await made.close()
         return
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as running:
+    async with running_storage_standin(buckets=[BUCKET]) as running:
         made = Backend(
             "supabase",
-            lambda bucket: SupabaseStorage(running.url, SERVICE_KEY, bucket, timeout_seconds=10),
+            lambda bucket: SupabaseStorage(
+                running.url, SERVICE_ROLE_KEY, bucket, timeout_seconds=10
+            ),
         )
         yield made
         await made.close()
@@ -196,7 +201,7 @@ def test_filesystem_refuses_a_bucket_that_is_a_path(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def supabase(standin: SupabaseStorageStandIn) -> AsyncIterator[SupabaseStorage]:
-    storage = SupabaseStorage(standin.url, SERVICE_KEY, BUCKET, timeout_seconds=10)
+    storage = SupabaseStorage(standin.url, SERVICE_ROLE_KEY, BUCKET, timeout_seconds=10)
     yield storage
     await storage.close()
 
@@ -212,13 +217,13 @@ async def test_upload_sends_xml_content_type_upsert_and_both_auth_headers(
     upload = next(r for r in standin.requests if r.method == "POST")
     assert upload.path == f"/storage/v1/object/{BUCKET}/{KEY}"
     assert upload.headers["x-upsert"] == "true"
-    assert upload.headers["apikey"] == SERVICE_KEY
-    assert upload.headers["authorization"] == f"Bearer {SERVICE_KEY}"
+    assert upload.headers["apikey"] == SERVICE_ROLE_KEY
+    assert upload.headers["authorization"] == f"Bearer {SERVICE_ROLE_KEY}"
     # What any other Supabase client downloading the object sees.
     async with httpx.AsyncClient(base_url=standin.url) as raw:
         response = await raw.get(
             f"/storage/v1/object/authenticated/{BUCKET}/{KEY}",
-            headers={"Authorization": f"Bearer {SERVICE_KEY}"},
+            headers={"Authorization": f"Bearer {SERVICE_ROLE_KEY}"},
         )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/xml")
@@ -255,7 +260,7 @@ async def test_slowdown_is_retryable_and_honours_retry_after(
 
 
 async def test_missing_bucket_reports_no_such_bucket(standin: SupabaseStorageStandIn) -> None:
-    storage = SupabaseStorage(standin.url, SERVICE_KEY, "absent-bucket")
+    storage = SupabaseStorage(standin.url, SERVICE_ROLE_KEY, "absent-bucket")
     try:
         with pytest.raises(StorageError) as caught:
             await storage.put(KEY, npc_xml("Sam"))
@@ -276,7 +281,7 @@ async def test_wrong_key_is_permanent_access_denied_and_never_echoed(
     standin: SupabaseStorageStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    storage = SupabaseStorage(standin.url, WRONG_KEY, BUCKET)
+    storage = SupabaseStorage(standin.url, FOREIGN_SERVICE_KEY, BUCKET)
     errors: list[StorageError] = []
     try:
         with pytest.raises(StorageError) as on_put:
@@ -299,18 +304,18 @@ async def test_wrong_key_is_permanent_access_denied_and_never_echoed(
     for error in errors:
         rendered = [str(error), repr(error), error.message, json.dumps(error.as_json())]
         for text in rendered:
-            assert WRONG_KEY not in text
-            assert SERVICE_KEY not in text
+            assert FOREIGN_SERVICE_KEY not in text
+            assert SERVICE_ROLE_KEY not in text
         assert error.__cause__ is None
-    assert WRONG_KEY not in caplog.text
-    assert WRONG_KEY not in repr(storage)
+    assert FOREIGN_SERVICE_KEY not in caplog.text
+    assert FOREIGN_SERVICE_KEY not in repr(storage)
     assert standin.object(BUCKET, KEY) is None
 
 
 async def test_slow_response_beyond_the_timeout_is_retryable(
     standin: SupabaseStorageStandIn,
 ) -> None:
-    storage = SupabaseStorage(standin.url, SERVICE_KEY, BUCKET, timeout_seconds=0.5)
+    storage = SupabaseStorage(standin.url, SERVICE_ROLE_KEY, BUCKET, timeout_seconds=0.5)
     try:
         standin.fail_next("slow", delay=5)
         with pytest.raises(StorageError) as caught:
@@ -345,9 +350,9 @@ async def test_dropped_connection_is_retryable(
 
 
 async def test_unreachable_server_is_retryable() -> None:
-    async with running_storage_standin(SERVICE_KEY) as gone:
+    async with running_storage_standin() as gone:
         url = gone.url
-    storage = SupabaseStorage(url, SERVICE_KEY, BUCKET, timeout_seconds=2)
+    storage = SupabaseStorage(url, SERVICE_ROLE_KEY, BUCKET, timeout_seconds=2)
     try:
         with pytest.raises(StorageError) as caught:
             await storage.check()
@@ -374,7 +379,7 @@ async def test_entity_too_large_and_bad_mime_type_are_permanent(
 
 
 async def test_download_is_bounded(standin: SupabaseStorageStandIn) -> None:
-    storage = SupabaseStorage(standin.url, SERVICE_KEY, BUCKET, max_download_bytes=10_000)
+    storage = SupabaseStorage(standin.url, SERVICE_ROLE_KEY, BUCKET, max_download_bytes=10_000)
     try:
         await storage.put(KEY, npc_xml("Small"))
         assert await storage.get(KEY) == npc_xml("Small")
@@ -389,7 +394,7 @@ async def test_download_is_bounded(standin: SupabaseStorageStandIn) -> None:
 
 
 async def test_ensure_bucket_creates_a_private_bucket(standin: SupabaseStorageStandIn) -> None:
-    storage = SupabaseStorage(standin.url, SERVICE_KEY, "brand-new")
+    storage = SupabaseStorage(standin.url, SERVICE_ROLE_KEY, "brand-new")
     try:
         assert await storage.ensure_bucket() is True
         assert standin.buckets["brand-new"].public is False
@@ -399,10 +404,10 @@ async def test_ensure_bucket_creates_a_private_bucket(standin: SupabaseStorageSt
 
 
 def test_classification_redacts_a_key_echoed_by_the_server() -> None:
-    echoed = StorageApiError(f"Invalid API key: {SERVICE_KEY}", "Unauthorized", "403")
-    error = classify_storage_failure(echoed, operation="upload", secrets=[SERVICE_KEY])
-    assert SERVICE_KEY not in str(error)
-    assert SERVICE_KEY not in json.dumps(error.as_json())
+    echoed = StorageApiError(f"Invalid API key: {SERVICE_ROLE_KEY}", "Unauthorized", "403")
+    error = classify_storage_failure(echoed, operation="upload", secrets=[SERVICE_ROLE_KEY])
+    assert SERVICE_ROLE_KEY not in str(error)
+    assert SERVICE_ROLE_KEY not in json.dumps(error.as_json())
     assert error.retryable is False
     assert details_of(error)["storageCode"] == "AccessDenied"
 
@@ -449,13 +454,13 @@ async def test_factory_picks_the_configured_backend(tmp_path: Path) -> None:
             _env_file=None,
             NPCFORGE_STORAGE="supabase",
             SUPABASE_URL="http://127.0.0.1:1",
-            SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY,
+            SUPABASE_SERVICE_ROLE_KEY=SERVICE_ROLE_KEY,
         )
     )
     try:
         assert isinstance(supabase, SupabaseStorage)
         assert supabase.url == "http://127.0.0.1:1/storage/v1/"
-        assert SERVICE_KEY not in repr(supabase)
+        assert SERVICE_ROLE_KEY not in repr(supabase)
     finally:
         await supabase.close()
 

@@ -8,31 +8,33 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import make_npc, wait_for
+from conftest import CapturedLogs, make_npc, wait_for
 from npcforge.api.app import create_app
 from npcforge.api.auth import NoAuth
 from npcforge.config import Settings
 from npcforge.db.connect import create_pool
-from npcforge.logs import JsonFormatter
 from npcforge.storage.supabase import XML_CONTENT_TYPE, SupabaseStorage
-from standins.supabase_storage import SupabaseStorageStandIn, running_storage_standin
-from workerkit import running_worker, wait_status
+from standins.supabase_storage import (
+    FOREIGN_SERVICE_KEY,
+    SERVICE_ROLE_KEY,
+    SupabaseStorageStandIn,
+    mint_key,
+    running_storage_standin,
+)
+from workerkit import ScriptedProvider, running_worker, wait_status
 
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.ZTJlLXNlcnZpY2Uta2V5"
-WRONG_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.ZTJlLXdyb25nLWtleS0xMjM0NQ"
 BUCKET = "npc-xml-files"
 
 
 def storage_for(
-    standin: SupabaseStorageStandIn, *, key: str = SERVICE_KEY, bucket: str = BUCKET
+    standin: SupabaseStorageStandIn, *, key: str = SERVICE_ROLE_KEY, bucket: str = BUCKET
 ) -> SupabaseStorage:
     return SupabaseStorage(standin.url, key, bucket, timeout_seconds=5)
 
@@ -42,7 +44,7 @@ def storage_for(
 
 @pytest.fixture
 async def standin() -> AsyncIterator[SupabaseStorageStandIn]:
-    async with running_storage_standin(SERVICE_KEY, buckets=[BUCKET]) as running:
+    async with running_storage_standin(buckets=[BUCKET]) as running:
         yield running
 
 
@@ -80,39 +82,6 @@ async def api(db_dsn: str, standin: SupabaseStorageStandIn) -> AsyncIterator[htt
             yield client
     finally:
         await storage.close()
-
-
-class CapturedLogs(logging.Handler):
-    """Every log record from any logger, rendered as the JSON lines production would write."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-@pytest.fixture
-def logs() -> Iterator[CapturedLogs]:
-    handler = CapturedLogs()
-    # npcforge's logger may not propagate once configure_logging ran; listen on it directly too.
-    loggers = [logging.getLogger(), logging.getLogger("npcforge")]
-    saved = [(lg, lg.level) for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        for lg, level in saved:
-            lg.removeHandler(handler)
-            lg.setLevel(level)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -155,6 +124,17 @@ async def poll_until_done(
     return done
 
 
+async def poll_once_through(
+    db_dsn: str, storage: SupabaseStorage, npc_id: uuid.UUID, job_id: uuid.UUID
+) -> httpx.Response:
+    """One poll through an API on `storage` (closed afterwards)."""
+    try:
+        async with api_on(db_dsn, storage) as api:
+            return await api.get(job_url(npc_id, job_id))
+    finally:
+        await storage.close()
+
+
 async def succeeded_job(
     conn: Any, db_dsn: str, worker_storage: SupabaseStorage
 ) -> tuple[uuid.UUID, uuid.UUID]:
@@ -187,7 +167,7 @@ async def test_generate_upload_and_poll_returns_the_stored_xml(
     assert body["error"] is None
     stored = standin.object(BUCKET, f"{npc_id}.xml")
     assert stored is not None
-    assert stored.content_type == XML_CONTENT_TYPE == "application/xml; charset=utf-8"
+    assert stored.content_type == XML_CONTENT_TYPE == "application/xml"
     assert body["xml"].encode("utf-8") == stored.data
     assert body["contentSizeBytes"] == len(stored.data)
     assert stored.data.startswith(b"<?xml") and b"<npc " in stored.data
@@ -202,9 +182,11 @@ async def test_generate_upload_and_poll_returns_the_stored_xml(
 
 
 @pytest.mark.parametrize(
-    ("fault", "retry_after"), [("internal", None), ("slowdown", "1")], ids=["500", "SlowDown"]
+    ("fault", "retry_after"),
+    [("internal", None), ("slowdown", "1"), ("gateway", None), ("drop", None)],
+    ids=["500", "SlowDown", "gateway-502", "dropped"],
 )
-async def test_storage_fault_during_upload_is_retried_then_succeeds(
+async def test_storage_fault_during_upload_is_retried_without_a_new_model_call(
     conn: Any,
     db_dsn: str,
     standin: SupabaseStorageStandIn,
@@ -214,22 +196,18 @@ async def test_storage_fault_during_upload_is_retried_then_succeeds(
     retry_after: str | None,
 ) -> None:
     npc_id = await make_npc(conn)
-    standin.fail_next(fault, 1, retry_after=retry_after)  # type: ignore[arg-type]
-    async with running_worker(db_dsn, storage=worker_storage):
+    standin.fail_next(fault, 2, retry_after=retry_after)  # type: ignore[arg-type]
+    model = ScriptedProvider()
+    async with running_worker(db_dsn, storage=worker_storage, provider=model):
         job_id = await enqueue(conn, npc_id)
-
-        async def retried() -> bool:
-            return bool(await attempts(conn, job_id))
-
-        await wait_for(retried, timeout=20)
-        # Mid-retry the poller still sees its job, with no XML yet: never a 404.
-        waiting = await api.get(job_url(npc_id, job_id))
-        assert waiting.status_code == 200, waiting.text
-        assert waiting.json()["xml"] is None
         body = await poll_until_done(api, npc_id, job_id)
 
     assert body["status"] == "succeeded", body
-    assert await attempts(conn, job_id) == [("retry", "STORAGE_ERROR"), ("succeeded", None)]
+    # The XML was made once; only its upload was tried again, within the same attempt.
+    assert model.calls == 1
+    assert await attempts(conn, job_id) == [("succeeded", None)]
+    uploads = [r for r in standin.requests if r.method in ("POST", "PUT") and "/object/" in r.path]
+    assert len(uploads) == 3
     stored = standin.object(BUCKET, f"{npc_id}.xml")
     assert stored is not None and body["xml"].encode("utf-8") == stored.data
     assert standin.pending_faults == 0
@@ -270,7 +248,7 @@ async def test_wrong_service_key_fails_access_denied_and_is_never_echoed(
     logs: CapturedLogs,
 ) -> None:
     npc_id = await make_npc(conn)
-    storage = storage_for(standin, key=WRONG_KEY)
+    storage = storage_for(standin, key=FOREIGN_SERVICE_KEY)
     try:
         async with running_worker(db_dsn, storage=storage):
             job_id = await enqueue(conn, npc_id)
@@ -288,7 +266,7 @@ async def test_wrong_service_key_fails_access_denied_and_is_never_echoed(
         "SELECT * FROM npc_generation_attempts WHERE job_id = $1", job_id
     )
     # The storage really was asked with the wrong key (so there was something to leak).
-    assert any(r.headers.get("apikey") == WRONG_KEY for r in standin.requests)
+    assert any(r.headers.get("apikey") == FOREIGN_SERVICE_KEY for r in standin.requests)
     places = {
         "job error": json.dumps(error),
         "attempt rows": json.dumps([dict(r) for r in attempt_rows], default=str),
@@ -297,8 +275,10 @@ async def test_wrong_service_key_fails_access_denied_and_is_never_echoed(
     }
     assert logs.lines, "the worker logged nothing to check"
     for place, text in places.items():
-        assert WRONG_KEY not in text, place
-        assert WRONG_KEY.rsplit(".", 1)[-1] not in text, place  # not even the signature part
+        assert FOREIGN_SERVICE_KEY not in text, place
+        assert FOREIGN_SERVICE_KEY.rsplit(".", 1)[-1] not in text, (
+            place
+        )  # not even the signature part
 
 
 # --- polling after success --------------------------------------------------------------------
@@ -319,7 +299,7 @@ async def test_object_deleted_after_success_answers_404_xml_not_found(
             "DELETE",
             f"/storage/v1/object/{BUCKET}",
             json={"prefixes": [f"{npc_id}.xml"]},
-            headers={"Authorization": f"Bearer {SERVICE_KEY}", "apiKey": SERVICE_KEY},
+            headers={"Authorization": f"Bearer {SERVICE_ROLE_KEY}", "apiKey": SERVICE_ROLE_KEY},
         )
     assert deleted.status_code == 200, deleted.text
     assert standin.object(BUCKET, f"{npc_id}.xml") is None
@@ -333,7 +313,7 @@ async def test_object_deleted_after_success_answers_404_xml_not_found(
     assert "no-store" in response.headers["cache-control"]
 
 
-@pytest.mark.parametrize("fault", ["internal", "slowdown", "drop"])
+@pytest.mark.parametrize("fault", ["internal", "slowdown", "drop", "gateway"])
 async def test_storage_outage_during_poll_answers_503_with_retry_after(
     conn: Any,
     db_dsn: str,
@@ -363,14 +343,48 @@ async def test_storage_down_during_poll_answers_503_not_500(
     conn: Any, db_dsn: str, worker_storage: SupabaseStorage
 ) -> None:
     npc_id, job_id = await succeeded_job(conn, db_dsn, worker_storage)
-    async with running_storage_standin(SERVICE_KEY) as gone:
+    async with running_storage_standin() as gone:
         url = gone.url  # a port nothing listens on once the block ends
-    storage = SupabaseStorage(url, SERVICE_KEY, BUCKET, timeout_seconds=2)
-    try:
-        async with api_on(db_dsn, storage) as api:
-            response = await api.get(job_url(npc_id, job_id))
-    finally:
-        await storage.close()
+    storage = SupabaseStorage(url, SERVICE_ROLE_KEY, BUCKET, timeout_seconds=2)
+    response = await poll_once_through(db_dsn, storage, npc_id, job_id)
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "XML_FETCH_FAILED"
     assert "retry-after" in response.headers
+
+
+@pytest.mark.parametrize(
+    ("key", "bucket", "storage_code"),
+    [
+        # The download route lets a bad key through as no one, to whom a private bucket is
+        # invisible: the server answers NoSuchBucket, not AccessDenied.
+        (mint_key("service_role", expires_in=-60), BUCKET, "NoSuchBucket"),
+        (FOREIGN_SERVICE_KEY, BUCKET, "NoSuchBucket"),
+        (SERVICE_ROLE_KEY, "bucket-nobody-created", "NoSuchBucket"),
+    ],
+    ids=["expired-key", "other-projects-key", "no-bucket"],
+)
+async def test_storage_refusing_the_read_answers_502_and_is_logged(
+    conn: Any,
+    db_dsn: str,
+    standin: SupabaseStorageStandIn,
+    worker_storage: SupabaseStorage,
+    logs: CapturedLogs,
+    key: str,
+    bucket: str,
+    storage_code: str,
+) -> None:
+    # Was: 503 + Retry-After for every storage error, so pollers retried forever, and no log.
+    npc_id, job_id = await succeeded_job(conn, db_dsn, worker_storage)
+    storage = storage_for(standin, key=key, bucket=bucket)
+    response = await poll_once_through(db_dsn, storage, npc_id, job_id)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "STORAGE_ERROR"
+    assert error["details"] == {"storageCode": storage_code}
+    assert "retry-after" not in response.headers
+    assert "no-store" in response.headers["cache-control"]
+    logged = [json.loads(line) for line in logs.lines]
+    refusal = next(line for line in logged if line["msg"] == "storage refused to return the XML")
+    assert refusal["level"] == "error" and refusal["storage_code"] == storage_code
+    assert refusal["npc_id"] == str(npc_id) and refusal["job_id"] == str(job_id)
+    assert key not in logs.text and key not in response.text

@@ -2,21 +2,32 @@
 
 Routes, status codes and error bodies follow reference/protocols.md §B.2 (the storage server's
 `src/http/routes/**` and `src/internal/errors/codes.ts`): storage errors are HTTP 400 with the
-real status as a string in `statusCode`, except 429 SlowDown, 500 InternalError and unknown routes
-(404 InvalidRequest). Only the routes npcforge needs are implemented; the rest answer 404 like an
-unknown route would.
+real status as a string in `statusCode`, except 429 SlowDown and 500 InternalError. Where the real
+server (supabase/storage v1.70.6 behind a /storage/v1 proxy, protocols.md §B.3.1) was seen to
+answer otherwise, the stand-in answers as it did:
+- keys are HS256 JWTs checked against the project's JWT secret, and their `role` decides, the way
+  row-level security does: `service_role` sees everything; any other role (the anon key) finds no
+  bucket (NoSuchBucket), no object (NoSuchKey), and may write nothing ("new row violates
+  row-level security policy"); an expired key fails with `"exp" claim timestamp check failed`;
+- the stored content type is the upload's base type (`application/xml; charset=utf-8` is stored
+  as `application/xml`);
+- JSON answers are `application/json; charset=utf-8`; bucket JSON has no `type`;
+- an unknown route answers 404 with a NUMERIC `statusCode` and no `code`.
+Only the routes npcforge needs are implemented; the rest answer like an unknown route.
 
 Tests run it on a real loopback port with uvicorn so the real storage3/httpx stack is exercised:
 
-    async with running_storage_standin("service-key", buckets=["npc-xml-files"]) as standin:
-        storage = SupabaseStorage(standin.url, "service-key", "npc-xml-files")
+    async with running_storage_standin(buckets=["npc-xml-files"]) as standin:
+        storage = SupabaseStorage(standin.url, SERVICE_ROLE_KEY, "npc-xml-files")
         standin.fail_next("slowdown", 2, retry_after="3")
         ...
         standin.objects[("npc-xml-files", "x.xml")].content_type
 
 Faults (`fail_next`) apply to the next N requests of any route, in order: `internal` answers 500
 InternalError, `slowdown` answers 429 SlowDown (optionally with Retry-After), `slow` waits
-`delay` seconds and then answers normally, `drop` closes the socket without any response.
+`delay` seconds and then answers normally, `drop` closes the socket without any response,
+`gateway` answers 502 the way the gateway in front does while the server is down. `outage`
+answers every request with the gateway's 502 until it is set back to False.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import jwt
 import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -49,6 +61,11 @@ from starlette.types import Receive, Scope, Send
 
 PREFIX = "/storage/v1"
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+# The project's JWT secret (the server's AUTH_JWT_SECRET) and the two API keys signed with it.
+JWT_SECRET = "standin-jwt-secret-with-at-least-32-characters"
+SERVICE_ROLE = "service_role"
+RLS_VIOLATION = "new row violates row-level security policy"
+JSON_TYPE = "application/json; charset=utf-8"
 # The storage server's allowed object-name characters (src/storage/limits.ts).
 _VALID_KEY = re.compile(r"^[A-Za-z0-9_/!.*'() &$=@;:+,?-]*$")
 # First path segments under /object that belong to routes this stand-in does not implement.
@@ -56,7 +73,28 @@ _RESERVED_OBJECT_SEGMENTS = frozenset(
     {"sign", "list", "info", "move", "copy", "upload", "public", "list-v2"}
 )
 
-FaultKind = Literal["internal", "slowdown", "slow", "drop"]
+FaultKind = Literal["internal", "slowdown", "slow", "drop", "gateway"]
+
+
+def mint_key(
+    role: str, *, secret: str = JWT_SECRET, expires_in: float = 10 * 365 * 86400, **claims: Any
+) -> str:
+    """An API key as Supabase issues them: an HS256 JWT with `role`, `iss`, `iat` and `exp`."""
+    now = int(datetime.now(UTC).timestamp())
+    payload = {"iss": "supabase", "role": role, "iat": now, "exp": now + int(expires_in), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+SERVICE_ROLE_KEY = mint_key(SERVICE_ROLE)
+ANON_KEY = mint_key("anon")
+# Another project's service_role key: the right role, signed with a secret this one does not know.
+FOREIGN_SERVICE_KEY = mint_key(SERVICE_ROLE, secret="another-projects-jwt-secret-of-32-chars")
+
+
+class StorageJSON(JSONResponse):
+    """The storage server's JSON (Fastify names the charset)."""
+
+    media_type = JSON_TYPE
 
 
 # --- error bodies (protocols.md §B.2) ---------------------------------------------------------
@@ -71,7 +109,7 @@ def storage_error(code: str, message: str | None = None) -> JSONResponse:
         "error": error,
         "message": message if message is not None else default_message,
     }
-    return JSONResponse(body, status_code=http_status)
+    return StorageJSON(body, status_code=http_status)
 
 
 _ERRORS: dict[str, tuple[int, str, str, str]] = {
@@ -100,13 +138,15 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
 
 
 def _route_not_found(method: str, path: str) -> JSONResponse:
-    body = {
-        "statusCode": "404",
-        "error": "Not Found",
-        "message": f"Route {method}:{path} not found",
-        "code": "InvalidRequest",
-    }
-    return JSONResponse(body, status_code=404)
+    # Fastify's own not-found answer: a numeric statusCode and no storage `code` (seen on v1.70.6).
+    body = {"statusCode": 404, "error": "Not Found", "message": f"Route {method}:{path} not found"}
+    return StorageJSON(body, status_code=404)
+
+
+def _gateway_down() -> Response:
+    """What the gateway in front answers while the storage server is down."""
+    body = {"message": "An invalid response was received from the upstream server"}
+    return StorageJSON(body, status_code=502)
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -147,7 +187,6 @@ class StandInBucket:
             "name": self.name,
             "owner": "",
             "public": self.public,
-            "type": "STANDARD",
             "file_size_limit": self.file_size_limit,
             "allowed_mime_types": self.allowed_mime_types,
             "created_at": self.created_at.isoformat(),
@@ -197,10 +236,18 @@ class SupabaseStorageStandIn:
     """The stand-in's state and its ASGI app; `url` is set while running_storage_standin runs."""
 
     def __init__(
-        self, service_key: str, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+        self,
+        *,
+        jwt_secret: str = JWT_SECRET,
+        api_keys: dict[str, str] | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
-        self.service_key = service_key
+        self.jwt_secret = jwt_secret
+        # Opaque keys (sb_secret_…, sb_publishable_…) the gateway turns into a role.
+        self.api_keys = dict(api_keys or {})
         self.max_upload_bytes = max_upload_bytes
+        # While True, every request gets the gateway's 502 (the server is down).
+        self.outage = False
         self.url = ""
         self.buckets: dict[str, StandInBucket] = {}
         self.objects: dict[tuple[str, str], StoredObject] = {}
@@ -254,7 +301,9 @@ class SupabaseStorageStandIn:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.requests.append(RecordedRequest(scope["method"], scope["path"], headers))
         fault = self._faults.popleft() if self._faults else None
-        if fault is None:
+        if self.outage or (fault is not None and fault.kind == "gateway"):
+            await _gateway_down()(scope, receive, send)
+        elif fault is None:
             await self._app(scope, receive, send)
         elif fault.kind == "internal":
             await storage_error("InternalError")(scope, receive, send)
@@ -295,16 +344,26 @@ class SupabaseStorageStandIn:
 
     # --- auth ---------------------------------------------------------------------------------
 
-    def _auth_failure(self, request: Request) -> JSONResponse | None:
+    def _role(self, request: Request) -> str | JSONResponse:
+        """The caller's role, or the AccessDenied answer for a key that is not valid."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            token.encode(), self.service_key.encode()
-        ):
-            return None
-        # The server reports jose's verdict; a non-JWT string fails before signature checks.
-        reason = "signature verification failed" if token.count(".") == 2 else "Invalid Compact JWS"
-        return storage_error("AccessDenied", reason)
+        for key, role in self.api_keys.items():
+            if hmac.compare_digest(token.encode(), key.encode()):
+                return role
+        if scheme.lower() != "bearer" or token.count(".") != 2:
+            # The server reports jose's verdict; a non-JWT string fails before signature checks.
+            return storage_error("AccessDenied", "Invalid Compact JWS")
+        try:
+            claims = jwt.decode(
+                token, self.jwt_secret, algorithms=["HS256"], options={"verify_aud": False}
+            )
+        except jwt.ExpiredSignatureError:
+            return storage_error("AccessDenied", '"exp" claim timestamp check failed')
+        except jwt.PyJWTError:
+            return storage_error("AccessDenied", "signature verification failed")
+        role = claims.get("role")
+        return role if isinstance(role, str) and role else "anon"
 
     # --- handlers -----------------------------------------------------------------------------
 
@@ -313,11 +372,14 @@ class SupabaseStorageStandIn:
         key = request.path_params["key"]
         if bucket_id in _RESERVED_OBJECT_SEGMENTS:
             raise HTTPException(404)
-        if (denied := self._auth_failure(request)) is not None:
-            return denied
+        role = self._role(request)
+        if isinstance(role, Response):
+            return role
         bucket = self.buckets.get(bucket_id)
         if bucket is None:
             return storage_error("NoSuchBucket")
+        if role != SERVICE_ROLE:  # no policy lets any other role insert into storage.objects
+            return storage_error("AccessDenied", RLS_VIOLATION)
         if not key or not _VALID_KEY.fullmatch(key):
             return storage_error("InvalidKey", f"Invalid key: {key}")
 
@@ -341,7 +403,9 @@ class SupabaseStorageStandIn:
             mimetype = content_type
             cache_control = request.headers.get("cache-control", "no-cache")
             metadata = _parse_metadata(request.headers.get("x-metadata"), maybe_base64=True)
-        mimetype = mimetype or "text/plain;charset=UTF-8"
+        # The server keeps the base type: "application/xml; charset=utf-8" is stored as
+        # "application/xml" (seen on v1.70.6).
+        mimetype = mimetype.split(";", 1)[0].strip() or "text/plain"
 
         limit = self.max_upload_bytes
         if bucket.file_size_limit is not None:
@@ -359,7 +423,7 @@ class SupabaseStorageStandIn:
         if existing is not None:
             stored.id, stored.created_at = existing.id, existing.created_at
         self.objects[(bucket_id, key)] = stored
-        return JSONResponse({"Id": stored.id, "Key": f"{bucket_id}/{key}"})
+        return StorageJSON({"Id": stored.id, "Key": f"{bucket_id}/{key}"})
 
     async def _download(self, request: Request) -> Response:
         if request.path_params["bucket"] in _RESERVED_OBJECT_SEGMENTS:
@@ -372,15 +436,16 @@ class SupabaseStorageStandIn:
     def _serve_object(self, request: Request, *, authenticated_route: bool) -> Response:
         bucket_id = request.path_params["bucket"]
         key = request.path_params["key"]
-        denied = self._auth_failure(request)
-        if authenticated_route and denied is not None:
-            return denied
+        role = self._role(request)
+        if authenticated_route and isinstance(role, Response):
+            return role
         bucket = self.buckets.get(bucket_id)
         # The plain download route tolerates a bad JWT, but then a private bucket is invisible.
-        if bucket is None or (denied is not None and not bucket.public):
+        if bucket is None or (isinstance(role, Response) and not bucket.public):
             return storage_error("NoSuchBucket")
         stored = self.objects.get((bucket_id, key))
-        if stored is None:
+        # Row-level security hides every object from a role without a policy: "not found".
+        if stored is None or (isinstance(role, str) and role != SERVICE_ROLE):
             return storage_error("NoSuchKey")
         headers = {
             "Content-Type": stored.content_type,
@@ -394,8 +459,9 @@ class SupabaseStorageStandIn:
 
     async def _remove(self, request: Request) -> Response:
         bucket_id = request.path_params["bucket"]
-        if (denied := self._auth_failure(request)) is not None:
-            return denied
+        role = self._role(request)
+        if isinstance(role, Response):
+            return role
         if bucket_id not in self.buckets:
             return storage_error("NoSuchBucket")
         try:
@@ -406,15 +472,18 @@ class SupabaseStorageStandIn:
         if not isinstance(prefixes, list) or not prefixes:
             return storage_error("InvalidRequest", "body/prefixes must NOT have fewer than 1 items")
         removed = []
-        for name in prefixes:
+        for name in prefixes if role == SERVICE_ROLE else []:  # others see no rows to delete
             stored = self.objects.pop((bucket_id, str(name)), None)
             if stored is not None:
                 removed.append(self._object_row(bucket_id, str(name), stored))
-        return JSONResponse(removed)
+        return StorageJSON(removed)
 
     async def _create_bucket(self, request: Request) -> Response:
-        if (denied := self._auth_failure(request)) is not None:
-            return denied
+        role = self._role(request)
+        if isinstance(role, Response):
+            return role
+        if role != SERVICE_ROLE:
+            return storage_error("AccessDenied", RLS_VIOLATION)
         try:
             body = await request.json()
         except ValueError:
@@ -435,15 +504,16 @@ class SupabaseStorageStandIn:
             body.get("file_size_limit"),
             body.get("allowed_mime_types"),
         )
-        return JSONResponse({"name": name})
+        return StorageJSON({"name": name})
 
     async def _get_bucket(self, request: Request) -> Response:
-        if (denied := self._auth_failure(request)) is not None:
-            return denied
+        role = self._role(request)
+        if isinstance(role, Response):
+            return role
         bucket = self.buckets.get(request.path_params["bucket"])
-        if bucket is None:
+        if bucket is None or role != SERVICE_ROLE:  # row-level security hides the bucket
             return storage_error("NoSuchBucket")
-        return JSONResponse(bucket.as_json())
+        return StorageJSON(bucket.as_json())
 
     @staticmethod
     def _object_row(bucket_id: str, name: str, stored: StoredObject) -> dict[str, Any]:
@@ -498,16 +568,21 @@ class _InProcessServer(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_storage_standin(
-    service_key: str,
     *,
     buckets: Iterable[str] = (),
+    jwt_secret: str = JWT_SECRET,
+    api_keys: dict[str, str] | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> AsyncIterator[SupabaseStorageStandIn]:
     """Serve a fresh stand-in on 127.0.0.1 (a free port) in this event loop.
 
     `standin.url` is the SUPABASE_URL to give a client; storage routes live under /storage/v1.
+    Keys are JWTs signed with `jwt_secret` (SERVICE_ROLE_KEY, ANON_KEY, or `mint_key`), or
+    the opaque keys in `api_keys` mapped to their role.
     """
-    standin = SupabaseStorageStandIn(service_key, max_upload_bytes=max_upload_bytes)
+    standin = SupabaseStorageStandIn(
+        jwt_secret=jwt_secret, api_keys=api_keys, max_upload_bytes=max_upload_bytes
+    )
     for bucket_id in buckets:
         standin.add_bucket(bucket_id)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

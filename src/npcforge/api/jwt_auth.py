@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import aiohttp
@@ -38,6 +39,9 @@ LEEWAY_SECONDS = 30.0
 MAX_TOKEN_CHARS = 16_384
 MAX_JWKS_BYTES = 1 << 20
 SERVICE_ROLE = "service_role"
+# The `iss` of Supabase's own API keys (the legacy service_role key), which name their project in
+# `ref` instead.
+API_KEY_ISSUER = "supabase"
 
 Clock = Callable[[], float]
 
@@ -216,6 +220,8 @@ class JwtAuthenticator:
         if not self._secret:
             self._secret = None
         self.audience = settings.jwt_audience
+        self.issuer = settings.effective_jwt_issuer
+        self.project_ref = project_ref(settings.supabase_url)
         url = settings.effective_jwks_url
         self.jwks = (
             JwksCache(url, min_refresh_seconds=jwks_min_refresh_seconds, clock=clock)
@@ -315,6 +321,8 @@ class JwtAuthenticator:
             audiences is not None and self.audience not in audiences
         ):
             raise unauthorized("invalid_audience")
+        if self.issuer is not None and not self._issued_here(claims, service_role):
+            raise unauthorized("invalid_issuer")
         subject = claims.get("sub")
         user_id: UUID | None = None
         if isinstance(subject, str):
@@ -326,6 +334,28 @@ class JwtAuthenticator:
             raise unauthorized("invalid_subject")
         return Principal(user_id=user_id, service_role=service_role)
 
+    def _issued_here(self, claims: dict[str, Any], service_role: bool) -> bool:
+        """The token comes from this project: a token minted for another project that shares
+        the JWT secret is refused."""
+        issuer = claims.get("iss")
+        if not isinstance(issuer, str):
+            return False
+        if issuer.rstrip("/") == self.issuer:
+            return True
+        if service_role and issuer == API_KEY_ISSUER:
+            ref = claims.get("ref")
+            return ref is None or self.project_ref is None or ref == self.project_ref
+        return False
+
     async def close(self) -> None:
         if self.jwks is not None:
             await self.jwks.close()
+
+
+def project_ref(supabase_url: str | None) -> str | None:
+    """The project ref of a hosted project's URL (`https://<ref>.supabase.co`), else None."""
+    if not supabase_url:
+        return None
+    host = urlsplit(supabase_url).hostname or ""
+    ref, _, domain = host.partition(".")
+    return ref if ref and domain in ("supabase.co", "supabase.in") else None

@@ -13,6 +13,9 @@ import contextlib
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
+from npcforge.db.connect import DB_UNAVAILABLE
 from npcforge.db.queries import q
 
 MAX_BATCH = 256
@@ -58,7 +61,26 @@ class JobStatusLookups:
         task.add_done_callback(self._tasks.discard)
 
     async def _query(self, ids: list[UUID]) -> list[Any]:
-        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        kept = self._kept()
+        if kept is not None:
+            try:
+                return await self._fetch(kept, ids)
+            except DB_UNAVAILABLE:
+                # The kept connection died while idle (a server restart): ask again on one the
+                # pool checks. The query only reads, so asking twice changes nothing.
+                pass
+        return await self._fetch(await self._pool.acquire(), ids)
+
+    def _kept(self) -> Any:
+        """A kept connection that is still open, dropping the ones the server closed."""
+        while self._idle:
+            conn = self._idle.pop()
+            if _open(conn):
+                return conn
+            self._dead(conn)
+        return None
+
+    async def _fetch(self, conn: Any, ids: list[UUID]) -> list[Any]:
         try:
             rows: list[Any] = await conn.fetch(q("job_status_many"), ids)
         except BaseException:
@@ -67,6 +89,11 @@ class JobStatusLookups:
             raise
         self._idle.append(conn)
         return rows
+
+    def _dead(self, conn: Any) -> None:
+        task = asyncio.get_running_loop().create_task(_release(self._pool, conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: dict[UUID, list[asyncio.Future[Any]]]) -> None:
         try:
@@ -98,6 +125,13 @@ class JobStatusLookups:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._idle:
             await _release(self._pool, self._idle.pop())
+
+
+def _open(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back when the server closed it
+        return False
 
 
 async def _release(pool: Any, conn: Any) -> None:

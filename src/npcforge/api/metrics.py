@@ -44,7 +44,9 @@ class ApiMetrics:
             "npcforge_api_jobs_started", "Jobs started through the API.", registry=r
         )
         self.xml_fetch_failures = Counter(
-            "npcforge_api_xml_fetch_failures", "Storage reads that failed (503).", registry=r
+            "npcforge_api_xml_fetch_failures",
+            "Storage reads that failed (503 when transient, 502 when storage refused).",
+            registry=r,
         )
 
 

@@ -65,6 +65,7 @@ _ERROR_TEXT = {
     413: "The request body is larger than 256 KiB.",
     429: "Too many job starts; retry after `Retry-After` seconds.",
     500: "An unexpected server error.",
+    502: "An outside service refused the request; retrying will not help until it is fixed.",
     503: "Temporarily unavailable; retry after `Retry-After` seconds.",
 }
 

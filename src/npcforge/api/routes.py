@@ -5,6 +5,7 @@ The table `ENDPOINTS` is what both the router and /openapi.json are built from.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -42,6 +43,8 @@ from npcforge.errors import StorageError
 from npcforge.storage.base import xml_key
 
 JSON = "application/json"
+
+log = logging.getLogger("npcforge.api")
 
 
 class JsonReply(Response):
@@ -145,12 +148,9 @@ async def job_status(request: Request) -> Response:
     if status == "succeeded":
         try:
             data = await state.storage.get(xml_key(npc_id))
-        except StorageError:
+        except StorageError as exc:
             state.metrics.xml_fetch_failures.inc()
-            raise ApiError(
-                503, "XML_FETCH_FAILED", "Unable to read generated XML content; try again shortly.",
-                headers={"Retry-After": "5"},
-            ) from None  # fmt: skip
+            raise storage_failure(exc, npc_id, job_id) from None
         if data is None:
             raise ApiError(
                 404, "XML_NOT_FOUND",
@@ -166,6 +166,31 @@ async def job_status(request: Request) -> Response:
         answer = job_status_answer(npc_id, job_id, row, status, data)
         state.poll_answers.put(npc_id, made_of, data, answer)
     return JsonReply(answer)
+
+
+def storage_failure(exc: StorageError, npc_id: UUID, job_id: UUID) -> ApiError:
+    """A failed read of the XML: 503 and "poll again" only when waiting can help; a storage
+    refusal (bucket missing, key refused, …) is 502 and logged, since only an operator can fix it."""
+    code = (exc.details or {}).get("storageCode")
+    extra = {
+        "npc_id": str(npc_id),
+        "job_id": str(job_id),
+        "storage_code": code,
+        "error": exc.message,
+    }
+    if exc.retryable:
+        log.warning("storage unreachable while reading the XML", extra=extra)
+        return ApiError(
+            503, "XML_FETCH_FAILED", "Unable to read generated XML content; try again shortly.",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    log.error("storage refused to return the XML", extra=extra)
+    return ApiError(
+        502, "STORAGE_ERROR",
+        "Storage refused to return the generated XML; polling again will not help until the "
+        "storage set-up is fixed.",
+        details={"storageCode": code},
+    )  # fmt: skip
 
 
 def job_status_answer(
@@ -302,6 +327,7 @@ ENDPOINTS: list[Endpoint] = [
         path_model=JobPath, query_model=NoQuery,
         errors={
             404: ("NPC_NOT_FOUND", "GENERATION_JOB_NOT_FOUND", "XML_NOT_FOUND"),
+            502: ("STORAGE_ERROR",),
             503: ("XML_FETCH_FAILED",),
         },
     ),

@@ -43,8 +43,9 @@ CHANNEL = "npcforge_rate_limits"
 DEFAULT_LIMITER = "openrouter"
 # A 429 without Retry-After still pauses the fleet briefly: it is the only "slow down" we get.
 DEFAULT_PAUSE_SECONDS = 1.0
-# A Retry-After beyond this is not taken literally (a broken header must not stop the fleet).
-MAX_PAUSE_SECONDS = 600.0
+# A Retry-After beyond `max_pause` (OPENROUTER_MAX_DELAY_SECONDS) is not taken literally: a
+# broken or hostile answer must not stop the fleet for longer.
+MAX_PAUSE_SECONDS = 180.0
 # How long a call waits for the gate's connection (at first use: to learn of a pause in force).
 START_WAIT_SECONDS = 2.0
 STATEMENT_TIMEOUT_SECONDS = 5.0
@@ -81,6 +82,7 @@ class PostgresRateGate:
         per_minute: int | None,
         max_pause_wait: float,
         max_slot_wait: float,
+        max_pause: float = MAX_PAUSE_SECONDS,
         name: str = DEFAULT_LIMITER,
         connect_wait: float = START_WAIT_SECONDS,
         rng: random.Random | None = None,
@@ -90,6 +92,7 @@ class PostgresRateGate:
         self._per_minute = float(per_minute) if per_minute is not None else None
         self._max_pause_wait = max_pause_wait
         self._max_slot_wait = max_slot_wait
+        self._max_pause = max_pause
         self._name = name
         self._connect_wait = connect_wait
         self._rng = rng if rng is not None else random.Random()
@@ -134,7 +137,7 @@ class PostgresRateGate:
 
     async def on_rate_limited(self, retry_after: float | None) -> None:
         seconds = DEFAULT_PAUSE_SECONDS if retry_after is None else retry_after
-        seconds = min(max(seconds, 0.0), MAX_PAUSE_SECONDS)
+        seconds = min(max(seconds, 0.0), self._max_pause)
         self._extend_pause(seconds)  # this process stops at once, the fleet a moment later
         row = None
         for attempt in range(2):

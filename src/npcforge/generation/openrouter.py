@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -43,6 +44,7 @@ from npcforge.generation.retry import (
     parse_retry_after,
 )
 from npcforge.npc import NpcRecord
+from npcforge.redaction import redact, scrub
 
 log = logging.getLogger("npcforge.openrouter")
 
@@ -68,6 +70,8 @@ RESPONSE_SCHEMA: dict[str, Any] = {
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
 _XML_START = re.compile(r"<\?xml\b|<npc[\s>/]")
 _XML_END = "</npc>"
+# Ids and names the upstream sends (request id, generation id, model) are short.
+UPSTREAM_ID_LIMIT = 200
 
 
 class _Truncated(Exception):
@@ -352,10 +356,10 @@ class OpenRouterProvider:
                 self._url, json=body, headers=self._headers(), timeout=timeout
             ) as response:
                 status = response.status
-                request_id = response.headers.get("x-request-id") or None
+                request_id = self._clean(response.headers.get("x-request-id"))
                 if request_id:
                     stats.request_id = request_id
-                header_generation = response.headers.get("x-generation-id")
+                header_generation = self._clean(response.headers.get("x-generation-id"))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 raw = await self._read_body(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -388,12 +392,7 @@ class OpenRouterProvider:
             },
         )
         if not 200 <= status < 300:
-            error = classify_error(
-                status, payload, retry_after=retry_after, request_id=stats.request_id
-            )
-            if isinstance(error, LimitExceeded) and error.retryable:
-                await self._gate.on_rate_limited(error.retry_after)
-            raise error
+            raise await self._upstream_error(status, payload, retry_after, stats)
         if not isinstance(payload, Mapping):
             raise AiUpstream(
                 f"the upstream answered HTTP {status} with a body that is not a JSON object",
@@ -402,6 +401,32 @@ class OpenRouterProvider:
                 request_id=stats.request_id,
             )
         return await self._completion(status, payload, stats, retry_after)
+
+    async def _upstream_error(
+        self,
+        status: int,
+        payload: object,
+        retry_after: float | None,
+        stats: CallStats,
+        embedded: Mapping[str, Any] | None = None,
+    ) -> JobError:
+        """The error an upstream answer means: scrubbed of the key, its delay bounded, and the
+        fleet paused (for at most that bound) when it says "slow down"."""
+        error = classify_error(
+            status,
+            payload,
+            retry_after=retry_after,
+            request_id=stats.request_id,
+            embedded=embedded,
+            secrets=(self._key,),
+        )
+        if error.retry_after is not None:
+            error.retry_after = min(error.retry_after, self._settings.openrouter_max_delay_seconds)
+            if error.details is not None and "retryAfter" in error.details:
+                error.details["retryAfter"] = error.retry_after
+        if isinstance(error, LimitExceeded) and error.retryable:
+            await self._gate.on_rate_limited(error.retry_after)
+        return error
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
         chunks: list[bytes] = []
@@ -425,7 +450,7 @@ class OpenRouterProvider:
         retry_after: float | None,
     ) -> str:
         """Read a 2xx chat completion, raising for the errors that arrive with HTTP 200."""
-        _record_usage(payload, stats)
+        self._record_usage(payload, stats)
         top_error = payload.get("error")
         choices = payload.get("choices")
         choice = _mapping(choices[0]) if isinstance(choices, list) and choices else None
@@ -437,16 +462,7 @@ class OpenRouterProvider:
         ):
             embedded = _mapping(choice.get("error"))
         if embedded is not None:
-            error = classify_error(
-                status,
-                payload,
-                retry_after=retry_after,
-                request_id=stats.request_id,
-                embedded=embedded,
-            )
-            if isinstance(error, LimitExceeded) and error.retryable:
-                await self._gate.on_rate_limited(error.retry_after)
-            raise error
+            raise await self._upstream_error(status, payload, retry_after, stats, embedded)
         if choice is None:
             raise AiUpstream(
                 "the upstream answered without any choices",
@@ -454,7 +470,7 @@ class OpenRouterProvider:
                 retryable=True,
                 request_id=stats.request_id,
             )
-        finish_reason = choice.get("finish_reason")
+        finish_reason = self._clean(choice.get("finish_reason"))
         await self._gate.on_success()
         message = _mapping(choice.get("message"))
         if finish_reason == "content_filter":
@@ -490,11 +506,38 @@ class OpenRouterProvider:
             stats.model = self._settings.openrouter_model
         attach_call_stats(error, stats)
 
+    def _clean(self, value: object) -> str | None:
+        """An id or name the upstream sent, without the key and bounded; None if not a string."""
+        if not isinstance(value, str) or not value.strip():
+            return None
+        return scrub(value, (self._key,), UPSTREAM_ID_LIMIT)
+
     def _redact(self, error: JobError) -> None:
-        """Upstream messages are echoed into errors; make sure the key never is."""
-        if self._key and self._key in error.message:
-            error.message = error.message.replace(self._key, "[redacted]")
-            error.args = (error.message,)
+        """Upstream text is scrubbed where it is read; this last pass covers every string of the
+        error once more, so no path that composes a message can carry the key out."""
+        error.message = redact(error.message, (self._key,))
+        if error.details:
+            error.details = _redacted(error.details, self._key)
+
+    def _record_usage(self, payload: Mapping[str, Any], stats: CallStats) -> None:
+        """Model, generation id and what this request cost; tokens and cost add up across
+        retries."""
+        model = self._clean(payload.get("model"))
+        if model:
+            stats.model = model
+        generation_id = self._clean(payload.get("id"))
+        if generation_id:
+            stats.generation_id = generation_id
+        usage = _mapping(payload.get("usage"))
+        prompt_tokens = _int(usage.get("prompt_tokens"))
+        if prompt_tokens is not None:
+            stats.prompt_tokens = (stats.prompt_tokens or 0) + prompt_tokens
+        completion_tokens = _int(usage.get("completion_tokens"))
+        if completion_tokens is not None:
+            stats.completion_tokens = (stats.completion_tokens or 0) + completion_tokens
+        cost = usage.get("cost")
+        if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
+            stats.cost = (stats.cost or 0.0) + float(cost)
 
     def _log_failure(self, npc: NpcRecord, error: JobError, stats: CallStats) -> None:
         log.warning(
@@ -527,21 +570,12 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _record_usage(payload: Mapping[str, Any], stats: CallStats) -> None:
-    """Model, generation id and what this request cost; tokens and cost add up across retries."""
-    model = payload.get("model")
-    if isinstance(model, str) and model:
-        stats.model = model
-    generation_id = payload.get("id")
-    if isinstance(generation_id, str) and generation_id:
-        stats.generation_id = generation_id
-    usage = _mapping(payload.get("usage"))
-    prompt_tokens = _int(usage.get("prompt_tokens"))
-    if prompt_tokens is not None:
-        stats.prompt_tokens = (stats.prompt_tokens or 0) + prompt_tokens
-    completion_tokens = _int(usage.get("completion_tokens"))
-    if completion_tokens is not None:
-        stats.completion_tokens = (stats.completion_tokens or 0) + completion_tokens
-    cost = usage.get("cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool):
-        stats.cost = (stats.cost or 0.0) + float(cost)
+def _redacted(value: Any, key: str) -> Any:
+    """A JSON value with `key` (and its fragments) redacted from every string in it."""
+    if isinstance(value, str):
+        return redact(value, (key,))
+    if isinstance(value, dict):
+        return {k: _redacted(v, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, key) for v in value]
+    return value

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -26,6 +25,7 @@ from npcforge.errors import (
     JobError,
     LimitExceeded,
 )
+from npcforge.redaction import scrub
 
 RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 524, 529})
 NEVER_RETRIED_STATUSES: frozenset[int] = frozenset({400, 401, 402, 403, 404, 413, 422})
@@ -114,6 +114,8 @@ _MODEL_WORDS: tuple[str, ...] = (
     "no endpoints",
 )
 _UPSTREAM_MESSAGE_LIMIT = 300
+# Upstream-chosen names (error types, provider codes, availability codes) are short words.
+_UPSTREAM_NAME_LIMIT = 100
 
 
 class ResponseFormatRejected(AiUpstream):
@@ -200,19 +202,34 @@ def _as_status(value: object) -> int | None:
     return None
 
 
+def _seconds(value: object) -> float | None:
+    """A non-negative number of seconds from a JSON number; None for anything else or NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float: "forever"
+        return math.inf
+    return None if math.isnan(seconds) else max(0.0, seconds)
+
+
 def _text(value: object) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def _short(message: str) -> str:
-    flat = re.sub(r"\s+", " ", message).strip()
-    if len(flat) > _UPSTREAM_MESSAGE_LIMIT:
-        flat = flat[: _UPSTREAM_MESSAGE_LIMIT - 1] + "…"
-    return flat
+def view_error(
+    error: Mapping[str, Any] | None, http_status: int, secrets: Iterable[str] = ()
+) -> UpstreamErrorView:
+    """Read an error object; a missing `error.code` falls back to the HTTP status, then the type.
 
+    Every string kept from it is scrubbed of `secrets` (fragments included) and bounded.
+    """
+    secrets = tuple(secrets)
 
-def view_error(error: Mapping[str, Any] | None, http_status: int) -> UpstreamErrorView:
-    """Read an error object; a missing `error.code` falls back to the HTTP status, then the type."""
+    def name(value: object) -> str | None:
+        text = _text(value)
+        return scrub(text, secrets, _UPSTREAM_NAME_LIMIT) if text is not None else None
+
     error = error or {}
     metadata = error.get("metadata")
     metadata = metadata if isinstance(metadata, Mapping) else {}
@@ -220,10 +237,10 @@ def view_error(error: Mapping[str, Any] | None, http_status: int) -> UpstreamErr
     availability = availability if isinstance(availability, Mapping) else {}
 
     code_value = error.get("code")
-    error_type = _text(metadata.get("error_type")) or _text(error.get("error_type"))
+    error_type = name(metadata.get("error_type")) or name(error.get("error_type"))
     if error_type is None and isinstance(code_value, str) and _as_status(code_value) is None:
-        error_type = _text(code_value)  # some servers put a string code here
-    availability_code = _text(availability.get("code"))
+        error_type = name(code_value)  # some servers put a string code here
+    availability_code = name(availability.get("code"))
 
     status = _as_status(code_value) or _as_status(error.get("http_status"))
     if status is None and not 200 <= http_status < 300:
@@ -237,24 +254,20 @@ def view_error(error: Mapping[str, Any] | None, http_status: int) -> UpstreamErr
         status = 502
 
     retryable_flag = availability.get("retryable")
-    retry_after_value = availability.get("retry_after")
-    retry_after = (
-        max(0.0, float(retry_after_value))
-        if isinstance(retry_after_value, int | float) and not isinstance(retry_after_value, bool)
-        else None
-    )
+    retry_after = _seconds(availability.get("retry_after"))
     raw = metadata.get("raw")
     raw_hint = raw if isinstance(raw, str) else ""
     provider_code = metadata.get("provider_code")
+    message = _text(error.get("message")) or ""
     return UpstreamErrorView(
         status=status,
-        message=_short(_text(error.get("message")) or ""),
+        message=scrub(message, secrets, _UPSTREAM_MESSAGE_LIMIT),
         error_type=error_type,
         availability_code=availability_code,
         availability_retryable=retryable_flag if isinstance(retryable_flag, bool) else None,
         availability_retry_after=retry_after,
-        limit_source=_text(metadata.get("limit_source")),
-        provider_code=str(provider_code) if provider_code is not None else None,
+        limit_source=name(metadata.get("limit_source")),
+        provider_code=name(str(provider_code)) if provider_code is not None else None,
         refusal_hint=bool(_REFUSAL_METADATA_KEYS & set(metadata)),
         raw_hint=raw_hint.lower()[:2000],
     )
@@ -304,15 +317,17 @@ def classify_error(
     retry_after: float | None = None,
     request_id: str | None = None,
     embedded: Mapping[str, Any] | None = None,
+    secrets: Iterable[str] = (),
 ) -> JobError:
     """Turn an error response into a JobError.
 
     `payload` is the parsed body (or None when it was not JSON). For an error that arrived in an
     HTTP 200 (a top-level `error` without `choices`, or `choices[i].error`), pass the error object
     as `embedded`. A 400 that complains about `response_format` becomes `ResponseFormatRejected`.
+    Nothing of `secrets` (the key an upstream may echo) survives into the error, not even in part.
     """
     error = embedded if embedded is not None else error_object(payload)
-    view = view_error(error, http_status)
+    view = view_error(error, http_status, secrets)
     if retry_after is None:
         retry_after = view.availability_retry_after
     retryable = _default_retryable(view, retry_after)

@@ -25,19 +25,22 @@ from storage3.exceptions import StorageApiError
 
 from npcforge.errors import StorageError
 from npcforge.generation.retry import parse_retry_after
+from npcforge.redaction import redact, scrub
 from npcforge.storage.base import check_key, put_each
 
 log = logging.getLogger(__name__)
 
-XML_CONTENT_TYPE = "application/xml; charset=utf-8"
+# The real server keeps only the base type (it drops "; charset=utf-8"); the XML declaration
+# names the encoding.
+XML_CONTENT_TYPE = "application/xml"
 MAX_DOWNLOAD_BYTES = 2 * 262_144
 # Objects are overwritten on regeneration, so caches must not hold on to them for long.
 DEFAULT_CACHE_CONTROL_SECONDS = 60
 DEFAULT_TIMEOUT_SECONDS = 20.0
 DEFAULT_MAX_CONNECTIONS = 32
 
-_REDACTED = "[redacted]"
 _MESSAGE_LIMIT = 300
+_CODE_LIMIT = 64
 
 # storage3 reports the body's `error` field as `.code`; these map it back to the storage code
 # when the response body is not reachable through the exception chain.
@@ -94,18 +97,6 @@ def _size_bound_hook(limit: int) -> Callable[[httpx.Response], Awaitable[None]]:
 # --- classification ---------------------------------------------------------------------------
 
 
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, _REDACTED)
-    return text
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
-
-
 def _response_in_chain(exc: BaseException) -> httpx.Response | None:
     """The HTTP response behind a storage3 error (storage3 chains the httpx HTTPStatusError)."""
     seen: set[int] = set()
@@ -138,8 +129,10 @@ def _status_number(status: object) -> int | None:
 
 def _api_failure(exc: StorageApiError, operation: str, secrets: Iterable[str]) -> StorageError:
     response = _response_in_chain(exc)
+    secrets = tuple(secrets)
     code = _body_code(response) or _ERROR_FIELD_TO_STORAGE_CODE.get(str(exc.code), str(exc.code))
-    status = str(exc.status)
+    # Both come from the server's body: kept short and without the key, like its message.
+    code, status = scrub(code, secrets, _CODE_LIMIT), scrub(str(exc.status), secrets, _CODE_LIMIT)
     semantic = _status_number(exc.status)
     if semantic is None and response is not None:
         semantic = response.status_code
@@ -148,12 +141,12 @@ def _api_failure(exc: StorageApiError, operation: str, secrets: Iterable[str]) -
         code = "AccessDenied"
     retryable = code == "SlowDown" or semantic in {408, 429} or (semantic or 0) >= 500
     retry_after = parse_retry_after(response.headers.get("retry-after")) if response else None
-    detail_text = _short(_redact(str(exc.message), secrets))
+    detail_text = scrub(str(exc.message), secrets, _MESSAGE_LIMIT)
     details: dict[str, Any] = {"storageCode": code, "status": status}
     if response is not None:
         details["httpStatus"] = response.status_code
     return StorageError(
-        _redact(f"storage {operation} failed: {code} ({status}): {detail_text}", secrets),
+        redact(f"storage {operation} failed: {code} ({status}): {detail_text}", secrets),
         details=details,
         retryable=retryable,
         retry_after=retry_after if retryable else None,
@@ -201,10 +194,10 @@ def classify_storage_failure(
         code, retryable = "InvalidKey", False
     else:
         code, retryable = "Unexpected", False
-    reason = _short(_redact(str(exc), secrets))
+    reason = scrub(str(exc), secrets, _MESSAGE_LIMIT)
     summary = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
     return StorageError(
-        _redact(f"storage {operation} failed: {summary}", secrets),
+        redact(f"storage {operation} failed: {summary}", secrets),
         details={"storageCode": code, "error": type(exc).__name__},
         retryable=retryable,
     )

@@ -72,6 +72,7 @@ class Worker:
         poll_seconds: float = 5.0,
         shutdown_seconds: float = 30.0,
         job_deadline_seconds: float = 300.0,
+        max_retry_delay_seconds: float = 180.0,
         metrics: WorkerMetrics | None = None,
         notifier: SystemdNotifier | None = None,
         worker_id: str | None = None,
@@ -95,6 +96,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.shutdown_seconds = shutdown_seconds
         self.job_deadline_seconds = job_deadline_seconds
+        self.max_retry_delay_seconds = max_retry_delay_seconds
         self.metrics = metrics or WorkerMetrics()
         self.notifier = notifier or SystemdNotifier(None)
         self.worker_id = worker_id or make_worker_id()
@@ -222,6 +224,7 @@ class Worker:
             max_attempts=self.max_attempts,
             job_deadline=self.job_deadline_seconds,
             metrics=self.metrics,
+            max_retry_delay=self.max_retry_delay_seconds,
         )
         self._start_loop("listener", self.listener.run)
         self._start_loop("claimer", self._claim_loop)

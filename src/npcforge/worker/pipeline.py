@@ -4,6 +4,11 @@ Every write after the claim is fenced by (npc id, job id, lease token): a job th
 superseded, cancelled or lost its lease changes nothing and leaves no XML behind. Publishing
 holds the row lock from the fencing check through the upload to the status change, so a newer
 job (a `force`) or a cancel waits for it instead of interleaving.
+
+A validated XML is paid for: an upload that fails for a reason that may pass (storage 5xx,
+SlowDown, a timeout, a refused connection) is tried again with backoff, the lease held, for up
+to the job deadline after the XML was made. Only then does the attempt end (requeue or fail), so
+a storage outage costs no extra model call.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from npcforge.errors import (
 )
 from npcforge.generation.base import CallStats, Generated, Provider, RepairRequest, call_stats_of
 from npcforge.generation.recordcheck import record_problems
-from npcforge.generation.xmlrules import validate_npc_xml
+from npcforge.generation.xmlrules import check_npc_xml
 from npcforge.metrics import WorkerMetrics
 from npcforge.npc import NpcRecord
 from npcforge.storage.base import Storage, xml_key
@@ -43,7 +48,11 @@ from npcforge.storage.base import Storage, xml_key
 log = logging.getLogger("npcforge.worker")
 
 Phase = Literal["producing", "finalizing"]
-OutcomeStatus = Literal["succeeded", "failed", "retry", "discarded", "released"]
+# "deferred" never leaves the runner: an upload to try again, nothing written.
+OutcomeStatus = Literal["succeeded", "failed", "retry", "discarded", "released", "deferred"]
+# Backoff between tries of a failed upload (full jitter, seconds).
+UPLOAD_RETRY_BASE = 0.5
+UPLOAD_RETRY_CAP = 5.0
 
 
 @dataclass(slots=True)
@@ -67,6 +76,9 @@ class Claim:
     # The attempt's product, kept across database outages: XML bytes or the failure.
     result: bytes | JobError | None = None
     stats: CallStats = field(default_factory=CallStats)
+    # Until when (monotonic) a failed upload of the result is tried again in place.
+    upload_deadline: float = math.inf
+    upload_failures: int = 0
 
 
 @dataclass(slots=True)
@@ -79,7 +91,7 @@ class Outcome:
 
 def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter for the next attempt of a job."""
-    return random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+    return random.uniform(0, min(cap, base * 2 ** min(max(attempt - 1, 0), 32)))
 
 
 class JobRunner:
@@ -93,6 +105,7 @@ class JobRunner:
         max_attempts: int,
         job_deadline: float,
         metrics: WorkerMetrics,
+        max_retry_delay: float = 180.0,
     ) -> None:
         self.pool = pool
         self.provider = provider
@@ -101,34 +114,38 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.job_deadline = job_deadline
         self.metrics = metrics
+        # No outside answer (a Retry-After) holds a job back longer than this.
+        self.max_retry_delay = max_retry_delay
         self.publisher = BatchPublisher(self.publish_batch)
 
     # --- generation ---------------------------------------------------------------------
 
     async def generate_valid_xml(self, npc: NpcRecord, stats: CallStats) -> str:
-        """Provider output that passed the validator, after at most one repair round."""
+        """The document to store: provider output that passed the validator, after at most one
+        repair round, as the validator saw it (see `check_npc_xml`)."""
         try:
             async with asyncio.timeout(self.job_deadline):
                 first = await self.provider.generate(npc)
                 _merge_stats(stats, first)
-                findings = validate_npc_xml(first.xml, npc)
-                if not findings:
-                    return first.xml
+                checked = check_npc_xml(first.xml, npc)
+                if checked.xml is not None:
+                    return checked.xml
                 log.info(
                     "output failed validation; asking for a repair",
-                    extra={"action": "repair", "findings": len(findings)},
+                    extra={"action": "repair", "findings": len(checked.findings)},
                 )
                 second = await self.provider.generate(
-                    npc, RepairRequest(first.xml, tuple(findings))
+                    npc, RepairRequest(first.xml, tuple(checked.findings))
                 )
                 _merge_stats(stats, second)
-                findings = validate_npc_xml(second.xml, npc)
-                if not findings:
-                    return second.xml
+                checked = check_npc_xml(second.xml, npc)
+                if checked.xml is not None:
+                    return checked.xml
         except TimeoutError:
             raise AiTimeout(
                 f"generation did not finish within the {self.job_deadline:g} s job deadline"
             ) from None
+        findings = checked.findings
         raise AiInvalidXml(
             f"the model's XML does not match the record ({len(findings)} problems after repair)",
             details={"findings": findings},
@@ -145,10 +162,24 @@ class JobRunner:
         """
         if claim.result is None:
             claim.result = await self._produce(claim)
+            claim.upload_deadline = time.monotonic() + self.job_deadline
         claim.phase = "finalizing"
         if isinstance(claim.result, JobError):
             return await self.fail(claim, claim.result)
-        return await self.publish(claim, claim.result)
+        while True:
+            outcome = await self.publish(claim, claim.result)
+            if outcome.status != "deferred":
+                return outcome
+            self.metrics.upload_retries.inc()
+            # Warn once per job; the tries after it are the same story.
+            (log.warning if claim.upload_failures == 1 else log.info)(
+                "upload failed; trying it again without a new model call",
+                extra={**self.ids(claim), "action": "upload_retry",
+                       "code": outcome.error.code if outcome.error else None,
+                       "storage_code": _storage_code(outcome.error),
+                       "failures": claim.upload_failures, "retry_in_s": outcome.retry_in},
+            )  # fmt: skip
+            await asyncio.sleep(outcome.retry_in or 0.0)
 
     async def _produce(self, claim: Claim) -> bytes | JobError:
         stats = claim.stats
@@ -212,6 +243,10 @@ class JobRunner:
             for (claim, data), failure in zip(mine, failures, strict=True):
                 if failure is None:
                     done.append((claim, data))
+                elif (wait := self._upload_retry_in(claim, failure)) is not None:
+                    outcomes[claim.lease_token] = Outcome(
+                        "deferred", error=failure, stats=claim.stats, retry_in=wait
+                    )
                 else:  # still under the row lock: end this attempt in the same transaction
                     outcomes[claim.lease_token] = await self._finish_failed(conn, claim, failure)
             if done:
@@ -244,6 +279,18 @@ class JobRunner:
             for _ in jobs:
                 self.metrics.upload_latency.observe(took)
 
+    def _upload_retry_in(self, claim: Claim, failure: StorageError) -> float | None:
+        """Seconds until this failed upload is tried again, or None to end the attempt now."""
+        if not failure.retryable:
+            return None
+        claim.upload_failures += 1
+        wait = random.uniform(
+            0.0, min(UPLOAD_RETRY_CAP, UPLOAD_RETRY_BASE * 2 ** min(claim.upload_failures, 16))
+        )
+        if failure.retry_after is not None:
+            wait = max(wait, min(failure.retry_after, self.max_retry_delay))
+        return wait if time.monotonic() + wait < claim.upload_deadline else None
+
     async def fail(self, claim: Claim, error: JobError) -> Outcome:
         """Requeue a retryable failure with backoff, or end the job failed; both fenced."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -252,10 +299,11 @@ class JobRunner:
     async def _finish_failed(self, conn: Any, claim: Claim, error: JobError) -> Outcome:
         stats = claim.stats
         if error.retryable and claim.attempt < self.max_attempts:
-            delay = (
+            delay = min(
                 error.retry_after
                 if error.retry_after is not None
-                else backoff_seconds(claim.attempt)
+                else backoff_seconds(claim.attempt),
+                self.max_retry_delay,
             )
             status = await conn.execute(
                 q("requeue_for_retry"), claim.npc_id, claim.job_id, claim.lease_token,
@@ -322,6 +370,10 @@ def log_fields(claim: Claim, worker_id: str) -> dict[str, Any]:
         "attempt": claim.attempt,
         "worker_id": worker_id,
     }
+
+
+def _storage_code(error: JobError | None) -> Any:
+    return (error.details or {}).get("storageCode") if error is not None else None
 
 
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
