@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +20,18 @@ class Result:
     code: int
     out: str
     err: str
+
+    @property
+    def said(self) -> str:
+        """stderr as a person reads it: each JSON log line (cli_env sets JSON) as its message."""
+        lines = []
+        for line in self.err.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            lines.append(record["msg"] if isinstance(record, dict) and "msg" in record else line)
+        return "\n".join(lines)
 
 
 def free_port() -> int:

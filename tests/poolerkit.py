@@ -113,13 +113,19 @@ async def npcforge_process(*args: str, env: dict[str, str]) -> AsyncIterator[Any
         sys.executable, "-m", "npcforge", *args,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
+    failure: BaseException | None = None
     try:
         yield proc
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        if proc.returncode not in (0, -signal.SIGTERM):
+        if failure is not None:  # what the process said explains the failure
+            failure.add_note(f"npcforge {args[0]} wrote:\n{err.decode()}")
+        elif proc.returncode not in (0, -signal.SIGTERM):
             raise AssertionError(f"npcforge {args[0]} exited {proc.returncode}: {err.decode()}")
 
 

@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
-from apikit import api_harness, bearer, jwt_settings, owner_of, session_cookie, token
+from apikit import api_harness, bearer, jwt_settings, owner_of, session_cookie
+from apikit import token as any_project_token
 from conftest import make_npc
 from workerkit import running_worker
 
@@ -24,6 +25,11 @@ SAME_ORIGIN = {"Origin": "http://api.test"}  # the client's base URL: the API's 
 async def npc(conn) -> tuple[uuid.UUID, uuid.UUID]:
     npc_id = await make_npc(conn)
     return npc_id, await owner_of(conn, npc_id)
+
+
+def token(sub: Any, **claims: Any) -> str:
+    """An access token of PROJECT's Supabase Auth (its `iss`), as the UI's session holds it."""
+    return any_project_token(sub, iss=f"{PROJECT}/auth/v1", **claims)
 
 
 def settings(**overrides: Any) -> Any:

@@ -78,7 +78,7 @@ async def test_bad_import_exits_2_names_the_field_and_inserts_nothing(
         "npc", "import", _write(tmp_path, data), env=cli_env(DATABASE_URL=db_dsn)
     )
     assert result.code == 2, (case, result.out, result.err)
-    assert names in result.err
+    assert names in result.said
     assert result.out == ""
     assert await _counts(conn) == before
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clikit import Result, cli_env, run_cli
+from clikit import Result, cli_env, free_port, run_cli
 from standins.supabase_storage import (
     ANON_KEY,
     FOREIGN_SERVICE_KEY,
@@ -123,7 +123,7 @@ async def test_a_key_that_is_not_the_service_role_is_refused_at_start(
     # the worker used to say "bucket does not exist" and doctor to suggest ensure-bucket.
     empty_standin.add_bucket(BUCKET)
     env = supabase_env(empty_standin.url, key=key, dsn=db_dsn)
-    for command in (["worker"], ["api", "--port", "0"], ["storage", "ensure-bucket"]):
+    for command in (["worker"], ["api", "--port", str(free_port())], ["storage", "ensure-bucket"]):
         result = await run_cli(*command, env=env, cwd=tmp_path, timeout=30)
         assert result.code == 2, (command, result)
         assert "SUPABASE_SERVICE_ROLE_KEY" in result.err and says in result.err, result.err

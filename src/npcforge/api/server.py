@@ -93,7 +93,7 @@ async def serve_api(settings: Settings, *, host: str, port: int) -> None:
     sock = pool = None
     try:
         sock = listen_socket(host, port)
-        pool = await create_api_pool(dsn)
+        pool = await create_api_pool(dsn, transaction_pooler=settings.transaction_pooler)
         app = create_app(
             settings, storage=storage, pool=pool, authenticator=build_authenticator(settings),
             freeze_heap=True,
