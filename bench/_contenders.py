@@ -63,7 +63,7 @@ async def run_noqueue(args: argparse.Namespace) -> None:
     from npcforge.metrics import WorkerMetrics
     from npcforge.storage.base import xml_key
     from npcforge.storage.filesystem import FilesystemStorage
-    from npcforge.worker.pipeline import JobRunner
+    from npcforge.worker.attempt import JobRunner
 
     configure_logging("info", "json")
     settings = Settings(  # type: ignore[call-arg]

@@ -78,7 +78,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.record_starts:
         import time
 
-        from npcforge.worker.pipeline import JobRunner
+        from npcforge.worker.attempt import JobRunner
 
         original_run = JobRunner.run
 

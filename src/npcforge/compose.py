@@ -29,9 +29,9 @@ def build_provider(settings: Settings, dsn: str | None = None) -> Provider:
                 "OPENROUTER_REQUESTS_PER_MINUTE is counted in PostgreSQL; set DATABASE_URL"
             )
         return OpenRouterProvider(settings)
-    from npcforge.generation.fleetgate import PostgresRateGate
+    from npcforge.db.upstream_gate import PostgresUpstreamGate
 
-    gate = PostgresRateGate(
+    gate = PostgresUpstreamGate(
         dsn,
         per_minute=settings.openrouter_requests_per_minute,
         # A pause longer than the client would sleep for a Retry-After sends the job back to

@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 
+from npcforge.db.upstream_gate import PostgresUpstreamGate
 from npcforge.errors import InternalError, LimitExceeded
-from npcforge.generation.fleetgate import PostgresRateGate
 
 LIMITER = "openrouter"
 
 
 @asynccontextmanager
-async def gates(dsn: str, count: int, **options: Any) -> AsyncIterator[list[PostgresRateGate]]:
+async def gates(dsn: str, count: int, **options: Any) -> AsyncIterator[list[PostgresUpstreamGate]]:
     options.setdefault("per_minute", None)
     options.setdefault("max_pause_wait", 10.0)
     options.setdefault("max_slot_wait", 10.0)
-    made = [PostgresRateGate(dsn, **options) for _ in range(count)]
+    made = [PostgresUpstreamGate(dsn, **options) for _ in range(count)]
     try:
         yield made
     finally:
@@ -180,7 +180,7 @@ async def test_capped_gates_share_one_cap(db_dsn):
         started = time.monotonic()
         calls: list[float] = []
 
-        async def call(gate: PostgresRateGate) -> None:
+        async def call(gate: PostgresUpstreamGate) -> None:
             await gate.acquire()
             calls.append(time.monotonic() - started)
 
@@ -252,7 +252,7 @@ async def test_provider_close_closes_its_gate(db_dsn, conn):
     )
     provider = build_provider(settings, db_dsn)
     gate = provider._gate  # type: ignore[attr-defined]
-    assert isinstance(gate, PostgresRateGate)
+    assert isinstance(gate, PostgresUpstreamGate)
     await gate.acquire()
     assert await gate_connections(conn) == 1
     await provider.close()

@@ -296,8 +296,8 @@ async def test_an_in_doubt_finalize_does_not_take_a_later_claim_of_the_same_atte
     from npcforge.generation.template import TemplateProvider
     from npcforge.metrics import WorkerMetrics
     from npcforge.storage.filesystem import FilesystemStorage
+    from npcforge.worker.attempt import JobRunner
     from npcforge.worker.daemon import _claim_of
-    from npcforge.worker.pipeline import JobRunner
 
     npc_id = await make_npc(conn)
     await conn.execute("UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1", npc_id)

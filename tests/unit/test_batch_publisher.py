@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from npcforge.worker.pipeline import BatchPublisher, Claim, Outcome
+from npcforge.worker.attempt import BatchPublisher, Claim, Outcome
 
 
 def claim() -> Claim:

@@ -26,7 +26,7 @@ from npcforge.generation.prompt import (
     build_messages,
     max_tokens_for,
 )
-from npcforge.generation.retry import backoff_delay, classify_error, parse_retry_after
+from npcforge.generation.upstream_errors import classify_error
 from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
 from standins.openrouter import (
@@ -811,27 +811,6 @@ def test_max_tokens_grows_with_the_record_and_is_capped() -> None:
     )  # fmt: skip
     assert 1024 <= max_tokens_for(small) < max_tokens_for(NPC) < max_tokens_for(huge)
     assert max_tokens_for(huge) == 16_384
-
-
-def test_parse_retry_after() -> None:
-    now = 1_700_000_000.0
-    assert parse_retry_after("3", now) == 3.0
-    assert parse_retry_after(" 0.25 ", now) == 0.25
-    assert parse_retry_after("-5", now) == 0.0
-    assert parse_retry_after(formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0)
-    assert parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
-    for garbage in (None, "", "soon", "nan", "inf", "Mon, 99 Foo 2024"):
-        assert parse_retry_after(garbage, now) is None
-
-
-def test_backoff_delay_is_full_jitter_under_the_cap() -> None:
-    rng = random.Random(3)
-    for attempt in range(12):
-        ceiling = min(8.0, 0.5 * 2**attempt)
-        delays = [backoff_delay(attempt, 0.5, 8.0, rng) for _ in range(50)]
-        assert all(0.0 <= d <= ceiling for d in delays)
-    assert max(backoff_delay(10, 0.5, 8.0, rng) for _ in range(200)) > 4.0
-    assert backoff_delay(1000, 0.5, 8.0, rng) <= 8.0
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from npcforge.errors import (
     AiInvalidXml,
     AiUpstream,
 )
-from npcforge.generation.retry import classify_error
+from npcforge.generation.upstream_errors import classify_error
 from npcforge.redaction import MIN_FRAGMENT, REDACTED, cut, redact, scrub
 from npcforge.storage.supabase import classify_storage_failure
 

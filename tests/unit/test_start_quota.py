@@ -8,7 +8,7 @@ import pytest
 
 from npcforge.api.auth import Principal
 from npcforge.api.errors import ApiError
-from npcforge.api.ratelimit import StartRateLimiter
+from npcforge.api.start_quota import StartQuota
 
 
 class Clock:
@@ -25,7 +25,7 @@ def user() -> Principal:
 
 def test_the_window_slides():
     clock = Clock()
-    limiter = StartRateLimiter(3, clock=clock)
+    limiter = StartQuota(3, clock=clock)
     alice = user()
     for step in range(3):
         limiter.acquire(alice)
@@ -44,7 +44,7 @@ def test_the_window_slides():
 
 def test_retry_after_is_at_least_one_second():
     clock = Clock()
-    limiter = StartRateLimiter(1, clock=clock)
+    limiter = StartQuota(1, clock=clock)
     alice = user()
     limiter.acquire(alice)
     clock.now += 59.99
@@ -54,7 +54,7 @@ def test_retry_after_is_at_least_one_second():
 
 
 def test_released_slots_can_be_used_again():
-    limiter = StartRateLimiter(1, clock=Clock())
+    limiter = StartQuota(1, clock=Clock())
     alice = user()
     handle = limiter.acquire(alice)
     limiter.release(alice, handle)
@@ -64,7 +64,7 @@ def test_released_slots_can_be_used_again():
 
 
 def test_users_are_counted_separately_and_the_service_role_is_exempt():
-    limiter = StartRateLimiter(1, clock=Clock())
+    limiter = StartQuota(1, clock=Clock())
     alice, bob = user(), user()
     limiter.acquire(alice)
     limiter.acquire(bob)
@@ -74,9 +74,9 @@ def test_users_are_counted_separately_and_the_service_role_is_exempt():
 
 
 def test_idle_users_are_forgotten(monkeypatch):
-    monkeypatch.setattr("npcforge.api.ratelimit._SWEEP_AT", 10)
+    monkeypatch.setattr("npcforge.api.start_quota._SWEEP_AT", 10)
     clock = Clock()
-    limiter = StartRateLimiter(5, clock=clock)
+    limiter = StartQuota(5, clock=clock)
     for _ in range(10):
         limiter.acquire(user())
     clock.now += 61

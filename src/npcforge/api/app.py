@@ -25,8 +25,8 @@ from npcforge.api.lookups import JobStatusLookups
 from npcforge.api.metrics import ApiMetrics, MetricsMiddleware
 from npcforge.api.openapi import Endpoint, build_openapi
 from npcforge.api.origins import PreflightGate
-from npcforge.api.ratelimit import StartRateLimiter
 from npcforge.api.routes import ENDPOINTS
+from npcforge.api.start_quota import StartQuota
 from npcforge.config import Settings
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.heap import settle_heap
@@ -162,7 +162,7 @@ def create_app(
         )
         app.state.storage = storage
         app.state.authenticator = auth
-        app.state.rate_limiter = StartRateLimiter(settings.generate_per_minute)
+        app.state.start_quota = StartQuota(settings.generate_per_minute)
         app.state.job_lookups = JobStatusLookups(app.state.pool)
         app.state.poll_answers = PollAnswers()
         if freeze_heap:

@@ -87,7 +87,7 @@ async def start_generation(request: Request) -> Response:
     await parse_generate_body(request)  # checked; regenerate/currentXml do not change the job
     state = request.app.state
     try:
-        slot = state.rate_limiter.acquire(principal)
+        slot = state.start_quota.acquire(principal)
     except ApiError:
         state.metrics.rate_limited.inc()
         raise
@@ -107,7 +107,7 @@ async def start_generation(request: Request) -> Response:
         started = True
     finally:
         if not started:
-            state.rate_limiter.release(principal, slot)
+            state.start_quota.release(principal, slot)
     state.metrics.jobs_started.inc()
     accepted = GenerateAccepted(
         job_id=row["job_id"], npc_id=npc_id, submitted_at=row["submitted_at"]

@@ -22,7 +22,7 @@ WINDOW_SECONDS = 60.0
 _SWEEP_AT = 10_000
 
 
-class StartRateLimiter:
+class StartQuota:
     def __init__(
         self,
         per_window: int,

@@ -1,4 +1,4 @@
-"""The fleet-wide rate gate: every worker sharing the database obeys one cap and one pause.
+"""The fleet-wide upstream gate: every worker sharing the database obeys one cap and one pause.
 
 State lives in PostgreSQL (`npcforge_rate_limits`, sql/migrations/0003_rate_limit.sql); the
 database functions own every decision, this class only asks and waits.
@@ -33,11 +33,12 @@ from typing import Any
 
 import asyncpg
 
+from npcforge.backoff import backoff
 from npcforge.db.connect import connect
 from npcforge.db.queries import q
 from npcforge.errors import InternalError, LimitExceeded
 
-log = logging.getLogger("npcforge.ratelimit")
+log = logging.getLogger("npcforge.upstream_gate")
 
 CHANNEL = "npcforge_rate_limits"
 DEFAULT_LIMITER = "openrouter"
@@ -72,8 +73,8 @@ class Slot:
     rate: float
 
 
-class PostgresRateGate:
-    """RateGate counted in PostgreSQL: a fleet-wide cap (optional) and fleet-wide 429 pauses."""
+class PostgresUpstreamGate:
+    """UpstreamGate counted in PostgreSQL: a fleet-wide cap (optional) and fleet-wide 429 pauses."""
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ class PostgresRateGate:
         self._warm = False  # the first contact with the database was made (or given up on)
         self._closed = False
 
-    # --- RateGate ------------------------------------------------------------------------------
+    # --- UpstreamGate ------------------------------------------------------------------------------
 
     async def acquire(self) -> None:
         if not self._warm:
@@ -294,7 +295,7 @@ class PostgresRateGate:
             finally:
                 self._connected.clear()
             await self._drop_connection()
-            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)) * self._rng.uniform(0.5, 1.0))
+            await asyncio.sleep(backoff(failures, base=0.1, cap=5.0, floor=0.5, rng=self._rng))
 
     async def _hold_connection(self, *, reconnected: bool) -> None:
         """Connect, LISTEN, read the pause in force, then return when the connection drops."""

@@ -10,7 +10,7 @@ One `generate()` call may make several HTTP requests:
   call fails with AI_INVALID_XML (a truncated document is invalid output, and a deterministic
   model would truncate again, so the worker must not requeue it).
 The whole call is bounded by `NPCFORGE_JOB_DEADLINE_SECONDS`. Failures are JobError subclasses
-(see retry.classify_error); a retryable one tells the worker to requeue, with `retry_after` when
+(see upstream_errors.classify_error); a retryable one tells the worker to requeue, with `retry_after` when
 the upstream named a delay.
 
 Logs carry ids, sizes, durations, token counts, retry counts and codes — never the key, prompts,
@@ -31,18 +31,17 @@ from typing import Any
 
 import aiohttp
 
+from npcforge.backoff import backoff, parse_retry_after
 from npcforge.config import Settings
 from npcforge.errors import AiInvalidXml, AiRefused, AiTimeout, AiUpstream, JobError, LimitExceeded
 from npcforge.generation.base import CallStats, Generated, RepairRequest, attach_call_stats
 from npcforge.generation.prompt import build_messages, max_tokens_for
-from npcforge.generation.ratelimit import NoGate, RateGate
-from npcforge.generation.retry import (
+from npcforge.generation.upstream_errors import (
     ResponseFormatRejected,
-    backoff_delay,
     classify_error,
     classify_transport_error,
-    parse_retry_after,
 )
+from npcforge.generation.upstream_gate import OpenGate, UpstreamGate
 from npcforge.npc import NpcRecord
 from npcforge.redaction import redact, scrub
 
@@ -144,7 +143,7 @@ class OpenRouterProvider:
         settings: Settings,
         *,
         session: aiohttp.ClientSession | None = None,
-        gate: RateGate | None = None,
+        gate: UpstreamGate | None = None,
         rng: random.Random | None = None,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
@@ -154,7 +153,7 @@ class OpenRouterProvider:
         self._url = settings.openrouter_base_url.rstrip("/") + "/chat/completions"
         self._session = session
         self._owns_session = session is None
-        self._gate: RateGate = gate if gate is not None else NoGate()
+        self._gate: UpstreamGate = gate if gate is not None else OpenGate()
         self._rng = rng if rng is not None else random.Random()
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -287,7 +286,7 @@ class OpenRouterProvider:
         """Retry-After when given (raising at once above the cap), else jittered backoff."""
         retry_after = error.retry_after
         if retry_after is None:
-            return backoff_delay(failures, self._backoff_base, self._backoff_cap, self._rng)
+            return backoff(failures, base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
         cap = self._settings.openrouter_max_retry_after_seconds
         if retry_after > cap:
             # Not worth holding a job slot: hand the wait to the queue.

@@ -1,4 +1,4 @@
-"""Retry policy for OpenRouter: Retry-After parsing, backoff, and error classification.
+"""Upstream error classification: what an OpenRouter failure means, and whether to try again.
 
 Pure: no I/O. Every upstream failure is turned into one JobError subclass whose `retryable`
 and `retry_after` tell the caller whether (and when) another request may succeed. The table
@@ -9,12 +9,8 @@ follows reference/protocols.md §A.3: retry transport errors, timeouts, 408, 429
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from npcforge.errors import (
@@ -122,45 +118,6 @@ class ResponseFormatRejected(AiUpstream):
     """The model refused `response_format` (HTTP 400): ask again without it."""
 
     default_retryable = False
-
-
-# --- Retry-After and backoff -----------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value: delta-seconds (floats allowed) or an HTTP-date.
-
-    Past dates and negative numbers mean "now" (0.0); anything unparseable is None.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)].
-
-    `attempt` counts retries already made (0 for the first retry).
-    """
-    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 32))
-    if ceiling <= 0:
-        return 0.0
-    return (rng if rng is not None else random).uniform(0.0, ceiling)
 
 
 # --- classification --------------------------------------------------------------------------

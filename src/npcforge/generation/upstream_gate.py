@@ -1,10 +1,10 @@
-"""The rate gate port: how the OpenRouter client asks permission before each upstream call.
+"""The upstream gate port: how the OpenRouter client asks permission before each upstream call.
 
 The client calls `acquire()` before every HTTP request, `on_rate_limited()` when the upstream
 answers 429 (or a 200 carrying a rate-limit error), and `on_success()` after a 2xx completion;
-the provider that was handed a gate closes it with itself. The fleet-wide implementation,
-counted in PostgreSQL, is `fleetgate.PostgresRateGate`; `NoGate` lets every call through (a
-provider used without a database).
+the provider that was handed a gate closes it with itself. The fleet-wide gate, counted in
+PostgreSQL, is `npcforge.db.upstream_gate.PostgresUpstreamGate`; `OpenGate` lets every call
+through (a provider used without a database).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 
-class RateGate(Protocol):
+class UpstreamGate(Protocol):
     async def acquire(self) -> None:
         """Wait until one upstream call may be made."""
         ...
@@ -35,7 +35,7 @@ class RateGate(Protocol):
         ...
 
 
-class NoGate:
+class OpenGate:
     """A gate that never waits: for a provider used without a database (no fleet to share)."""
 
     paused_for = 0.0

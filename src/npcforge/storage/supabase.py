@@ -23,8 +23,8 @@ import httpx
 from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
+from npcforge.backoff import parse_retry_after
 from npcforge.errors import StorageError
-from npcforge.generation.retry import parse_retry_after
 from npcforge.redaction import redact, scrub
 from npcforge.storage.base import check_key, put_each
 

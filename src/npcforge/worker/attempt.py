@@ -17,7 +17,6 @@ import asyncio
 import itertools
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from uuid import UUID
 
 import asyncpg
 
+from npcforge.backoff import backoff
 from npcforge.db.npcs import load_npc
 from npcforge.db.queries import q
 from npcforge.errors import (
@@ -53,6 +53,9 @@ OutcomeStatus = Literal["succeeded", "failed", "retry", "discarded", "released",
 # Backoff between tries of a failed upload (full jitter, seconds).
 UPLOAD_RETRY_BASE = 0.5
 UPLOAD_RETRY_CAP = 5.0
+# Backoff between attempts of a job (full jitter, seconds), unless the failure named a delay.
+NEXT_ATTEMPT_BASE = 2.0
+NEXT_ATTEMPT_CAP = 300.0
 
 
 @dataclass(slots=True)
@@ -87,11 +90,6 @@ class Outcome:
     error: JobError | None = None
     stats: CallStats = field(default_factory=CallStats)
     retry_in: float | None = None
-
-
-def backoff_seconds(attempt: int, base: float = 2.0, cap: float = 300.0) -> float:
-    """Exponential backoff with full jitter for the next attempt of a job."""
-    return random.uniform(0, min(cap, base * 2 ** min(max(attempt - 1, 0), 32)))
 
 
 class JobRunner:
@@ -284,9 +282,7 @@ class JobRunner:
         if not failure.retryable:
             return None
         claim.upload_failures += 1
-        wait = random.uniform(
-            0.0, min(UPLOAD_RETRY_CAP, UPLOAD_RETRY_BASE * 2 ** min(claim.upload_failures, 16))
-        )
+        wait = backoff(claim.upload_failures, base=UPLOAD_RETRY_BASE, cap=UPLOAD_RETRY_CAP)
         if failure.retry_after is not None:
             wait = max(wait, min(failure.retry_after, self.max_retry_delay))
         return wait if time.monotonic() + wait < claim.upload_deadline else None
@@ -302,7 +298,7 @@ class JobRunner:
             delay = min(
                 error.retry_after
                 if error.retry_after is not None
-                else backoff_seconds(claim.attempt),
+                else backoff(claim.attempt - 1, base=NEXT_ATTEMPT_BASE, cap=NEXT_ATTEMPT_CAP),
                 self.max_retry_delay,
             )
             status = await conn.execute(

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 
 import asyncpg
 
+from npcforge.backoff import backoff
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.db.npcs import record_from_row
 from npcforge.db.queries import q
@@ -33,8 +33,8 @@ from npcforge.errors import InternalError
 from npcforge.generation.base import Provider, upstream_pause
 from npcforge.metrics import WorkerMetrics
 from npcforge.storage.base import Storage
+from npcforge.worker.attempt import Claim, JobRunner, Outcome, log_fields
 from npcforge.worker.listener import Listener
-from npcforge.worker.pipeline import Claim, JobRunner, Outcome, log_fields
 from npcforge.worker.sdnotify import SystemdNotifier
 
 log = logging.getLogger("npcforge.worker")
@@ -56,7 +56,8 @@ def make_worker_id() -> str:
 
 
 def _backoff(failures: int, cap: float = 5.0) -> float:
-    return min(cap, 0.1 * 2.0 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+    """A loop's wait after its `failures`-th failure in a row."""
+    return backoff(failures, base=0.1, cap=cap, floor=0.5)
 
 
 class Worker:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from npcforge.backoff import backoff
 from npcforge.db.connect import connect
 
 log = logging.getLogger("npcforge.listener")
@@ -96,7 +96,7 @@ class Listener:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.terminate()
-            delay = min(MAX_RECONNECT_DELAY, 0.2 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
+            delay = backoff(failures, base=0.2, cap=MAX_RECONNECT_DELAY, floor=0.5)
             self._beat()
             await asyncio.sleep(delay)
 
