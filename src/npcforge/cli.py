@@ -23,8 +23,8 @@ from npcforge import __version__
 from npcforge.api.dto import json_document
 from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.connect import connect
+from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import MigrationError, migrate
-from npcforge.db.queries import q
 from npcforge.errors import StorageError
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from npcforge.importer import ImportError_, insert_npc, parse_npc, read_npc_file
@@ -200,7 +200,7 @@ async def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
         if args.npc_ids:
             ids = list(dict.fromkeys(args.npc_ids))  # once each, in the order given
             try:
-                rows = await conn.fetch(q("enqueue"), ids, args.force)
+                rows = await JobQueue(conn).enqueue(npc_ids=ids, force=args.force)
             except asyncpg.PostgresError as exc:
                 if not isinstance(exc, asyncpg.RaiseError) and exc.sqlstate not in (
                     "P0002",
@@ -211,7 +211,9 @@ async def cmd_enqueue(settings: Settings, args: argparse.Namespace) -> int:
                 raise CommandFailed(_sql_message(exc) + nothing) from None
             skipped = 0
         else:
-            selected = await conn.fetch(q("enqueue_where"), args.where_status, args.force)
+            selected = await JobQueue(conn).enqueue_where(
+                statuses=args.where_status, force=args.force
+            )
             rows = [row for row in selected if row["job_id"] is not None]
             skipped = len(selected) - len(rows)
         jobs = [QueuedJobOut(npc_id=row["npc_id"], job_id=row["job_id"]) for row in rows]
@@ -241,7 +243,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.api.dto import NpcJobOut
 
     async def body(conn: Any) -> int:
-        row = await conn.fetchrow(q("job_status"), args.npc_id)
+        row = await JobQueue(conn).status(npc_id=args.npc_id)
         if row is None or row["deleted_at"] is not None:
             raise CommandFailed(f"NPC {args.npc_id} does not exist or is deleted")
         error = row["error"] if row["status"] == "failed" and row["error"] else None

@@ -20,8 +20,8 @@ from npcforge.api.dto import (
 )
 from npcforge.config import ConfigError, Settings
 from npcforge.db.connect import connect
+from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import MigrationError, check_current
-from npcforge.db.queries import q
 from npcforge.errors import ERROR_CODES, StorageError
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, CommandFailed, UsageError
 
@@ -41,7 +41,7 @@ async def _check_code(conn: Any, code: str | None) -> None:
     """An unknown --code is a typo, not "nothing to retry"."""
     if code is None or code in ERROR_CODES:
         return
-    present = {row["code"] for row in await conn.fetch(q("jobs_failed_codes"))}
+    present = await JobQueue(conn).failed_codes()
     if code not in present:
         known = ", ".join(sorted(ERROR_CODES | present))
         raise UsageError(f"--code {code!r} is not an error code; known codes: {known}")
@@ -56,23 +56,23 @@ async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
     if command == "list":
         if not 1 <= args.limit <= 10_000:
             raise UsageError("--limit must be between 1 and 10000")
-        rows = await conn.fetch(q("jobs_list"), args.status, args.limit)
+        rows = await JobQueue(conn).recent(status=args.status, limit=args.limit)
         _emit([JobRowOut.model_validate(dict(row)) for row in rows], args.json, "no jobs")
         return EXIT_OK
     if command == "retry":
         if args.npc_id is not None:
             if args.code:
                 raise UsageError("--code goes with --all-failed")
-            rows = await conn.fetch(q("jobs_retry_one"), args.npc_id)
+            rows = await JobQueue(conn).retry_failed_job(npc_id=args.npc_id)
             if not rows:
                 raise CommandFailed(f"NPC {args.npc_id} has no failed job to retry")
         else:
             await _check_code(conn, args.code)
-            rows = await conn.fetch(q("jobs_retry_failed"), args.code)
+            rows = await JobQueue(conn).retry_failed(code=args.code)
         _emit(_queued(rows), args.json, "nothing to retry")
         return EXIT_OK
     if command == "cancel":
-        rows = await conn.fetch(q("jobs_cancel"), args.npc_id)
+        rows = await JobQueue(conn).cancel(npc_id=args.npc_id)
         if not rows:
             raise CommandFailed(f"NPC {args.npc_id} has no queued or running job")
         _emit(_queued(rows), args.json, "")
@@ -164,7 +164,7 @@ async def _check_migrations(conn: Any) -> Check:
 
 
 async def _check_queue(conn: Any) -> Check:
-    row = await conn.fetchrow(q("doctor_queue"))
+    row = await JobQueue(conn).health()
     if row["webhooks"]:
         return Check(
             "queue", False,

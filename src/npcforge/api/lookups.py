@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from npcforge.db.connect import DB_UNAVAILABLE
-from npcforge.db.queries import q
+from npcforge.db.jobs import JobQueue
 
 MAX_BATCH = 256
 
@@ -82,7 +82,7 @@ class JobStatusLookups:
 
     async def _fetch(self, conn: Any, ids: list[UUID]) -> list[Any]:
         try:
-            rows: list[Any] = await conn.fetch(q("job_status_many"), ids)
+            rows: list[Any] = await JobQueue(conn).statuses(npc_ids=ids)
         except BaseException:
             # Whatever went wrong, the pool decides whether this connection lives on.
             await _release(self._pool, conn)

@@ -38,7 +38,7 @@ from npcforge.api.dto import (
 from npcforge.api.errors import NO_STORE, ApiError, npc_not_found
 from npcforge.api.inputs import parse_generate_body, parse_query, path_ids
 from npcforge.api.openapi import Endpoint, Reply
-from npcforge.db.queries import q
+from npcforge.db.jobs import JobQueue
 from npcforge.errors import StorageError
 from npcforge.storage.base import xml_key
 
@@ -93,8 +93,8 @@ async def start_generation(request: Request) -> Response:
         raise
     started = False
     try:
-        row = await state.pool.fetchrow(
-            q("start_job_for_owner"), npc_id, principal.owner_filter(), force
+        row = await JobQueue(state.pool).start_for_owner(
+            npc_id=npc_id, owner=principal.owner_filter(), force=force
         )
         if row is None or row["found"] == 0:
             raise npc_not_found()
@@ -238,8 +238,8 @@ async def list_jobs(request: Request) -> Response:
     (npc_id,) = path_ids(request, NpcPath)
     query = parse_query(request, ListJobsQuery)
     after = decode_cursor(query.cursor) if query.cursor is not None else (None, None)
-    rows = await request.app.state.pool.fetch(
-        q("list_generation_jobs"), npc_id, principal.owner_filter(), *after, query.limit + 1
+    rows = await JobQueue(request.app.state.pool).history(
+        npc_id=npc_id, owner=principal.owner_filter(), after=after, limit=query.limit + 1
     )
     if not rows or rows[0]["found"] == 0:
         raise npc_not_found()
