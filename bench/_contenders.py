@@ -60,10 +60,9 @@ async def run_noqueue(args: argparse.Namespace) -> None:
     from npcforge.generation.base import CallStats
     from npcforge.generation.openrouter import OpenRouterProvider
     from npcforge.logs import configure_logging
-    from npcforge.metrics import WorkerMetrics
     from npcforge.storage.base import xml_key
     from npcforge.storage.filesystem import FilesystemStorage
-    from npcforge.worker.attempt import JobRunner
+    from npcforge.worker.attempt import generate_valid_xml
 
     configure_logging("info", "json")
     settings = Settings(  # type: ignore[call-arg]
@@ -75,16 +74,6 @@ async def run_noqueue(args: argparse.Namespace) -> None:
     provider = OpenRouterProvider(settings)
     storage = FilesystemStorage(args.storage_dir, "npc-xml-files")
     pool = await create_pool(args.dsn, min_size=1, max_size=2, application_name="bench-noqueue")
-    # The worker's own generate → validate (→ repair) step; nothing of its queue is used.
-    runner = JobRunner(
-        pool=pool,
-        provider=provider,
-        storage=storage,
-        worker_id="noqueue",
-        max_attempts=1,
-        job_deadline=settings.job_deadline_seconds,
-        metrics=WorkerMetrics(),
-    )
     load_all = load_all_sql()
 
     print("READY", flush=True)
@@ -102,7 +91,10 @@ async def run_noqueue(args: argparse.Namespace) -> None:
         nonlocal failures, last
         async with sem:
             try:
-                xml = await runner.generate_valid_xml(npc, CallStats())
+                # The worker's own generate → validate (→ repair) step; nothing of its queue.
+                xml = await generate_valid_xml(
+                    provider, npc, CallStats(), deadline_seconds=settings.job_deadline_seconds
+                )
                 await storage.put(xml_key(npc.id), xml.encode("utf-8"))
             except Exception:
                 failures += 1

@@ -17,23 +17,23 @@ from pathlib import Path
 
 # Functions whose inclusive time tells where a job's time goes (name prefixes of labels).
 STAGES = (
-    ("claim loop", "Worker._claim_loop "),
-    ("one job, all of it", "Worker._run_job "),
+    ("claim loop", "Claimer.run "),
+    ("one job, all of it", "InFlight._run "),
     ("load the record", "load_npc "),
     ("provider call", "OpenRouterProvider.generate "),
     ("  prompt building", "build_messages "),
     ("  aiohttp request", "ClientSession._request "),
     ("  answer parsing", "extract_xml "),
     ("validation", "validate_npc_xml "),
-    ("publish (lock, upload, finalize, attempt row)", "JobRunner.publish "),
+    ("publish (lock, upload, finalize, attempt row)", "Publisher.publish "),
     ("  storage put (event-loop side)", "FilesystemStorage.put "),
     ("  storage write (thread)", "FilesystemStorage._write_atomically "),
-    ("  attempt row", "JobRunner.insert_attempt "),
+    ("  attempt row", "Outcomes.record "),
     ("asyncpg pool acquire", "PoolAcquireContext.__aenter__ "),
     ("asyncpg pool release", "PoolAcquireContext.__aexit__ "),
     ("logging", "Logger.info "),
     ("JSON log formatting", "JsonFormatter.format "),
-    ("lease renewals", "Worker._lease_loop "),
+    ("lease renewals", "LeaseKeeper.run "),
     ("prometheus metric updates", "MutexValue.inc "),
 )
 

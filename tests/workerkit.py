@@ -35,14 +35,16 @@ class ScriptedProvider:
         self.calls = 0
         self.xml_override: str | None = None
 
-    async def generate(self, npc: NpcRecord, repair: RepairRequest | None = None) -> Generated:
+    async def generate(
+        self, npc: NpcRecord, repair: RepairRequest | None = None, **call: Any
+    ) -> Generated:
         self.calls += 1
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.errors:
             raise self.errors.pop(0)
-        generated = await self.inner.generate(npc, repair)
+        generated = await self.inner.generate(npc, repair, **call)
         if self.xml_override is not None:
             generated.xml = self.xml_override
         return generated

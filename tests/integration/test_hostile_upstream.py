@@ -26,7 +26,6 @@ from npcforge.compose import build_provider
 from npcforge.config import Settings
 from npcforge.db.npcs import load_npc
 from npcforge.errors import MAX_ERROR_JSON_CHARS, MAX_MESSAGE_CHARS, LimitExceeded
-from npcforge.generation.base import upstream_pause
 from npcforge.generation.openrouter import OpenRouterProvider
 from npcforge.generation.xmlrules import validate_npc_xml
 from npcforge.redaction import MIN_FRAGMENT
@@ -244,7 +243,7 @@ async def test_one_429_cannot_pause_the_fleet_beyond_the_bound(conn: Any, db_dsn
             assert record is not None
             with pytest.raises(LimitExceeded):  # handed to the queue: far above the wait in place
                 await provider.generate(record)
-            paused_for = upstream_pause(provider)
+            paused_for = provider.paused_for
         finally:
             await provider.close()
     fleet_pause = await conn.fetchval(

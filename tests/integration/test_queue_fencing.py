@@ -293,16 +293,17 @@ async def test_an_in_doubt_finalize_does_not_take_a_later_claim_of_the_same_atte
     and the same worker may claim it again. The old claim's in-doubt finalize must then see that
     the `succeeded` attempt row belongs to the new claim, not to itself."""
     from npcforge.db.connect import create_pool
+    from npcforge.db.jobs import JobQueue
     from npcforge.generation.template import TemplateProvider
     from npcforge.metrics import WorkerMetrics
     from npcforge.storage.filesystem import FilesystemStorage
     from npcforge.worker.attempt import JobRunner
-    from npcforge.worker.daemon import _claim_of
+    from npcforge.worker.claims import Claim
 
     npc_id = await make_npc(conn)
     await conn.execute("UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1", npc_id)
-    (row,) = await conn.fetch(q("claim_jobs"), 1, "worker-1", 30.0)
-    lost = _claim_of(row)
+    (lease,) = await JobQueue(conn).claim(worker_id="worker-1", limit=1, lease_seconds=30.0)
+    lost = Claim.of(lease)
     # The claim's commit never reached the disk: as PostgreSQL sees it after the crash, the
     # job is queued, not yet attempted.
     await conn.execute(
@@ -310,8 +311,8 @@ async def test_an_in_doubt_finalize_does_not_take_a_later_claim_of_the_same_atte
         "WHERE id = $1",
         npc_id,
     )
-    (row,) = await conn.fetch(q("claim_jobs"), 1, "worker-1", 30.0)
-    again = _claim_of(row)
+    (lease,) = await JobQueue(conn).claim(worker_id="worker-1", limit=1, lease_seconds=30.0)
+    again = Claim.of(lease)
     assert (again.job_id, again.attempt) == (lost.job_id, lost.attempt)
 
     storage = FilesystemStorage(tmp_path, BUCKET)

@@ -218,7 +218,7 @@ async def test_watchdog_keeps_pinging_through_a_hung_database_but_not_for_a_dead
             assert worker.alive
 
             # A loop that died is what the watchdog is for: the pings stop.
-            worker._loops["reaper"].cancel()
+            worker.supervisor._loops["reaper"].cancel()
             await asyncio.sleep(0.1)
             await _datagrams(sock, time.monotonic() + 0.05)  # what was sent before
             dead = await _datagrams(sock, time.monotonic() + 1.0)

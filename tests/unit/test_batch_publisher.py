@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from npcforge.worker.attempt import BatchPublisher, Claim, Outcome
+from npcforge.worker.claims import Claim, Outcome
+from npcforge.worker.publisher import BatchPublisher
 
 
 def claim() -> Claim:

@@ -18,7 +18,7 @@ import pytest
 
 from npcforge.config import ConfigError, Settings
 from npcforge.errors import JobError
-from npcforge.generation.base import RepairRequest
+from npcforge.generation.base import CallStats, RepairRequest
 from npcforge.generation.openrouter import SEED, OpenRouterProvider, extract_xml
 from npcforge.generation.prompt import (
     RECORD_CLOSE,
@@ -29,6 +29,7 @@ from npcforge.generation.prompt import (
 from npcforge.generation.upstream_errors import classify_error
 from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
+from npcforge.worker.attempt import generate_valid_xml
 from standins.openrouter import (
     OpenRouterStandin,
     Reply,
@@ -101,6 +102,8 @@ class RecordingGate:
 
     async def close(self) -> None:
         return None
+
+    paused_for = 0.0
 
 
 @asynccontextmanager
@@ -511,17 +514,46 @@ async def test_stalled_body_is_ai_timeout() -> None:
 
 
 async def test_job_deadline_bounds_the_whole_call() -> None:
+    """The job's one deadline is the worker's: it cuts the provider call short."""
     started = time.monotonic()
     slow = Reply(json=completion_json(json.dumps({"xml": XML})), delay=1.5)
-    async with (
-        openrouter_standin() as s,
-        client(s, OPENROUTER_TIMEOUT_SECONDS=5, NPCFORGE_JOB_DEADLINE_SECONDS=0.3) as provider,
-    ):
+    async with openrouter_standin() as s, client(s, OPENROUTER_TIMEOUT_SECONDS=5) as provider:
         s.script(slow)
-        error = await failure(provider)
+        with pytest.raises(JobError) as caught:
+            await generate_valid_xml(provider, NPC, CallStats(), deadline_seconds=0.3)
+        error = caught.value
     assert error.code == "AI_TIMEOUT"
     assert "deadline" in error.message
     assert time.monotonic() - started < 1.2
+
+
+async def test_a_call_cut_off_by_the_job_deadline_is_still_paid_for() -> None:
+    account = CallStats()
+    async with openrouter_standin() as s, client(s, OPENROUTER_TIMEOUT_SECONDS=5) as provider:
+        s.script(
+            error_reply(502, "Provider returned error"),
+            Reply(json=completion_json(json.dumps({"xml": XML})), delay=2.0),
+        )
+        with pytest.raises(JobError) as caught:
+            await generate_valid_xml(provider, NPC, account, deadline_seconds=0.6)
+    assert caught.value.code == "AI_TIMEOUT"
+    assert len(s.requests) == 2
+    # The attempt row shows the retry and the model asked for, though no answer came.
+    assert account.retries == 1
+    assert account.model == "openai/gpt-4o-mini"
+
+
+async def test_a_retry_wait_beyond_the_job_deadline_is_handed_to_the_queue() -> None:
+    started = time.monotonic()
+    async with openrouter_standin() as s, client(s) as provider:
+        s.script(error_reply(503, "Overloaded", headers={"Retry-After": "3"}))
+        with pytest.raises(JobError) as caught:
+            await provider.generate(NPC, deadline=time.monotonic() + 1.0)
+    error = caught.value
+    assert error.code == "AI_UPSTREAM" and error.retryable
+    assert error.retry_after == 3.0  # the worker requeues the job for then
+    assert len(s.requests) == 1
+    assert time.monotonic() - started < 2.5
 
 
 async def test_connection_reset_mid_body_is_retried() -> None:

@@ -29,20 +29,20 @@ class CallStats:
     retries: int = 0
     upstream_ms: float = 0.0
 
-
-# The attribute a failed call's CallStats ride on, from the provider to the worker's attempt row.
-_CALL_STATS_ATTR = "npcforge_call_stats"
-
-
-def attach_call_stats(error: BaseException, stats: CallStats) -> None:
-    """Let what a failed call cost (model, ids, tokens, retries) travel with its error."""
-    setattr(error, _CALL_STATS_ATTR, stats)
-
-
-def call_stats_of(error: BaseException) -> CallStats | None:
-    """The CallStats a provider attached to `error`, if any."""
-    stats = getattr(error, _CALL_STATS_ATTR, None)
-    return stats if isinstance(stats, CallStats) else None
+    def add(self, later: CallStats) -> None:
+        """Count a later call in: tokens, cost, retries and time add up; the model and ids
+        become the later call's where it has them."""
+        self.model = later.model or self.model
+        self.generation_id = later.generation_id or self.generation_id
+        self.request_id = later.request_id or self.request_id
+        if later.prompt_tokens is not None:
+            self.prompt_tokens = (self.prompt_tokens or 0) + later.prompt_tokens
+        if later.completion_tokens is not None:
+            self.completion_tokens = (self.completion_tokens or 0) + later.completion_tokens
+        if later.cost is not None:
+            self.cost = (self.cost or 0.0) + later.cost
+        self.retries += later.retries
+        self.upstream_ms += later.upstream_ms
 
 
 @dataclass(slots=True)
@@ -52,16 +52,31 @@ class Generated:
 
 
 class Provider(Protocol):
+    """Everything the worker reads off a provider."""
+
     name: str
 
-    async def generate(self, npc: NpcRecord, repair: RepairRequest | None = None) -> Generated:
-        """Return the XML for `npc`. Raise a JobError subclass on failure."""
+    @property
+    def paused_for(self) -> float:
+        """Seconds the fleet still holds off upstream calls after a rate limit (0 when not
+        paused); the worker claims no job meanwhile."""
+        ...
+
+    async def generate(
+        self,
+        npc: NpcRecord,
+        repair: RepairRequest | None = None,
+        *,
+        account: CallStats | None = None,
+        deadline: float | None = None,
+    ) -> Generated:
+        """Return the XML for `npc`. Raise a JobError subclass on failure.
+
+        What the call costs (model, ids, tokens, retries) is added to `account` however it
+        ends: returned, raised, or cut off by the caller, so a failed call is paid for too.
+        `deadline` (on time.monotonic()) is the job's deadline, which the caller enforces; the
+        provider only starts no wait that would outlast it.
+        """
         ...
 
     async def close(self) -> None: ...
-
-
-def upstream_pause(provider: Provider) -> float:
-    """Seconds the provider's fleet-wide pause still lasts; 0 for providers without one."""
-    pause = getattr(provider, "paused_for", 0.0)
-    return float(pause) if isinstance(pause, int | float) else 0.0

@@ -9,9 +9,10 @@ One `generate()` call may make several HTTP requests:
 - `finish_reason: "length"` is asked once more with twice the `max_tokens`; truncated twice, the
   call fails with AI_INVALID_XML (a truncated document is invalid output, and a deterministic
   model would truncate again, so the worker must not requeue it).
-The whole call is bounded by `NPCFORGE_JOB_DEADLINE_SECONDS`. Failures are JobError subclasses
-(see upstream_errors.classify_error); a retryable one tells the worker to requeue, with `retry_after` when
-the upstream named a delay.
+A wait for a retry that would outlast the job's deadline (the worker's, passed in) is not slept:
+the error goes to the worker to requeue the job for then. Failures are JobError subclasses (see
+upstream_errors.classify_error); a retryable one tells the worker to requeue, with `retry_after`
+when the upstream named a delay.
 
 Logs carry ids, sizes, durations, token counts, retry counts and codes — never the key, prompts,
 completions or XML.
@@ -33,8 +34,8 @@ import aiohttp
 
 from npcforge.backoff import backoff, parse_retry_after
 from npcforge.config import Settings
-from npcforge.errors import AiInvalidXml, AiRefused, AiTimeout, AiUpstream, JobError, LimitExceeded
-from npcforge.generation.base import CallStats, Generated, RepairRequest, attach_call_stats
+from npcforge.errors import AiInvalidXml, AiRefused, AiUpstream, JobError, LimitExceeded
+from npcforge.generation.base import CallStats, Generated, RepairRequest
 from npcforge.generation.prompt import build_messages, max_tokens_for
 from npcforge.generation.upstream_errors import (
     ResponseFormatRejected,
@@ -162,22 +163,21 @@ class OpenRouterProvider:
 
     # --- Provider protocol ---------------------------------------------------------------------
 
-    async def generate(self, npc: NpcRecord, repair: RepairRequest | None = None) -> Generated:
+    async def generate(
+        self,
+        npc: NpcRecord,
+        repair: RepairRequest | None = None,
+        *,
+        account: CallStats | None = None,
+        deadline: float | None = None,
+    ) -> Generated:
         stats = CallStats()
-        deadline_s = self._settings.job_deadline_seconds
-        started = time.monotonic()
+        failed = True
         try:
-            async with asyncio.timeout(deadline_s):
-                xml = await self._generate(npc, repair, stats, started + deadline_s)
-        except TimeoutError:
-            error = AiTimeout(
-                f"generation did not finish within the job deadline of {deadline_s:g}s",
-                details={"deadlineSeconds": deadline_s, "retries": stats.retries},
-                request_id=stats.request_id,
+            xml = await self._generate(
+                npc, repair, stats, math.inf if deadline is None else deadline
             )
-            self._attach_stats(error, stats)
-            self._log_failure(npc, error, stats)
-            raise error from None
+            failed = False
         except JobError as error:
             if error.request_id is None:
                 error.request_id = stats.request_id
@@ -186,9 +186,14 @@ class OpenRouterProvider:
             if stats.generation_id:
                 error.details["generationId"] = stats.generation_id
             self._redact(error)
-            self._attach_stats(error, stats)
             self._log_failure(npc, error, stats)
             raise
+        finally:
+            if failed and stats.model is None:
+                # The attempt row of a failed call names the model asked for if none answered.
+                stats.model = self._settings.openrouter_model
+            if account is not None:
+                account.add(stats)
         log.info(
             "openrouter generation done",
             extra={
@@ -210,7 +215,7 @@ class OpenRouterProvider:
     @property
     def paused_for(self) -> float:
         """How long the fleet still holds off upstream calls after a 429 (0 when not paused)."""
-        return float(getattr(self._gate, "paused_for", 0.0))
+        return self._gate.paused_for
 
     async def close(self) -> None:
         """Close the session (when this provider opened it) and the rate gate it was given."""
@@ -498,12 +503,6 @@ class OpenRouterProvider:
         return content
 
     # --- hygiene ---------------------------------------------------------------------------------
-
-    def _attach_stats(self, error: JobError, stats: CallStats) -> None:
-        """The attempt row records a failed call too; name the model asked for if none answered."""
-        if stats.model is None:
-            stats.model = self._settings.openrouter_model
-        attach_call_stats(error, stats)
 
     def _clean(self, value: object) -> str | None:
         """An id or name the upstream sent, without the key and bounded; None if not a string."""

@@ -11,14 +11,22 @@ from npcforge.npc import NpcRecord
 
 class TemplateProvider:
     name = "template"
+    paused_for = 0.0  # no upstream, nothing to pause
 
-    async def generate(self, npc: NpcRecord, repair: RepairRequest | None = None) -> Generated:
+    async def generate(
+        self,
+        npc: NpcRecord,
+        repair: RepairRequest | None = None,
+        *,
+        account: CallStats | None = None,
+        deadline: float | None = None,
+    ) -> Generated:
         started = time.monotonic()
         xml = render_npc_xml(npc)
-        return Generated(
-            xml=xml,
-            stats=CallStats(model="template", upstream_ms=(time.monotonic() - started) * 1e3),
-        )
+        stats = CallStats(model="template", upstream_ms=(time.monotonic() - started) * 1e3)
+        if account is not None:
+            account.add(stats)
+        return Generated(xml=xml, stats=stats)
 
     async def close(self) -> None:
         return None
