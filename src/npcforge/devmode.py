@@ -15,7 +15,9 @@ from npcforge.cli import findings_of, install_signal_handlers, sample_npc_data
 from npcforge.compose import build_worker, offline_fallback
 from npcforge.config import Settings
 from npcforge.db.connect import connect
+from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import migrate
+from npcforge.db.npcs import first_npc_id
 from npcforge.embedded import (
     EmbeddedPostgres,
     cli_database_url,
@@ -73,18 +75,11 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
     install_signal_handlers(interrupted.set)
     try:
         # Enqueue the way any user can: a plain UPDATE (the trigger assigns the job id).
-        job_id = await conn.fetchval(
-            "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 "
-            "RETURNING generation_job_id",
-            npc_id,
-        )
+        job_id = await JobQueue(conn).enqueue_by_update(npc_id=npc_id)
         say(f"npcforge: queued job {job_id} for sample NPC {npc_id}")
         while True:
-            row = await conn.fetchrow(
-                "SELECT generation_job_status::text AS status, generation_job_error AS error "
-                "FROM npcs WHERE id = $1",
-                npc_id,
-            )
+            row = await JobQueue(conn).status(npc_id=npc_id)
+            assert row is not None  # the demo's own NPC, in its own database
             if row["status"] in ("succeeded", "failed"):
                 break
             if worker_task.done():
@@ -148,10 +143,9 @@ async def _serve_dev(
 
     conn, _ = await _setup_database(pg.dsn, import_sample=False)
     try:
-        if await conn.fetchval("SELECT count(*) FROM npcs") == 0:
+        sample_id = await first_npc_id(conn)
+        if sample_id is None:
             sample_id = await insert_npc(conn, parse_npc(sample_npc_data()))
-        else:
-            sample_id = await conn.fetchval("SELECT id FROM npcs ORDER BY created_at LIMIT 1")
     finally:
         await conn.close()
     storage = FilesystemStorage(settings.storage_dir, settings.bucket)

@@ -11,6 +11,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from npcforge.db import npcs
 from npcforge.generation.recordcheck import RecordProblem, record_problems
 from npcforge.generation.tfs import list_text_problem
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
@@ -246,54 +247,5 @@ async def insert_npc(conn: asyncpg.Connection, npc: NpcIn) -> uuid.UUID:
 
     Rows are inserted in the input's order, which their `position` default keeps."""
     owner = npc.owner_id or LOCAL_OWNER_ID
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO profiles (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-            owner,
-            "npcforge" if owner == LOCAL_OWNER_ID else f"user_{str(owner)[:8]}",
-        )
-        look, stats, msgs, mods = npc.look, npc.stats, npc.messages, npc.modules
-        npc_id: uuid.UUID = await conn.fetchval(
-            """
-            INSERT INTO npcs (owner_id, name, walk_interval, floor_change, health_now, health_max,
-              look_type, look_type_id, look_item_id, look_head, look_body, look_legs, look_feet,
-              look_addons, look_mount, greet_message, farewell_message, decline_message,
-              no_shop_message, on_close_shop_message, focus_enabled, travel_enabled,
-              voice_enabled, shop_enabled, shop_mode, keywords_enabled)
-            VALUES ($1, $2, $3, $4, $5, $6, $7::npc_look_type, $8, $9, $10, $11, $12, $13, $14,
-              $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25::npc_shop_mode, $26)
-            RETURNING id
-            """,
-            owner, npc.name, stats.walk_interval, stats.floor_change, stats.health_now,
-            stats.health_max, look.type, look.type_id, look.item_id, look.head, look.body,
-            look.legs, look.feet, look.addons, look.mount, msgs.greet, msgs.farewell,
-            msgs.decline, msgs.no_shop, msgs.on_close_shop, mods.focus_enabled,
-            mods.travel_enabled, mods.voice_enabled, mods.shop_enabled, mods.shop_mode,
-            mods.keywords_enabled,
-        )  # fmt: skip
-        if npc.shop_items:
-            await conn.executemany(
-                """
-                INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price, subtype,
-                  charges, real_name, container_item_id)
-                VALUES ($1, $2::npc_shop_item_list_type, $3, $4, $5, $6, $7, $8, $9)
-                """,
-                [
-                    (npc_id, i.list_type, i.name, i.item_id, i.price, i.subtype, i.charges,
-                     i.real_name, i.container_item_id)
-                    for i in npc.shop_items
-                ],
-            )  # fmt: skip
-        for index, keyword in enumerate(npc.keywords):
-            keyword_id = await conn.fetchval(
-                "INSERT INTO npc_keywords (npc_id, response, sort_index) VALUES ($1, $2, $3) "
-                "RETURNING id",
-                npc_id,
-                keyword.response,
-                index,
-            )
-            await conn.executemany(
-                "INSERT INTO npc_keyword_phrases (keyword_id, npc_id, phrase) VALUES ($1, $2, $3)",
-                [(keyword_id, npc_id, phrase) for phrase in keyword.phrases],
-            )
-    return npc_id
+    owner_name = "npcforge" if owner == LOCAL_OWNER_ID else f"user_{str(owner)[:8]}"
+    return await npcs.insert_npc(conn, npc.to_record(), owner_id=owner, owner_name=owner_name)

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import asyncpg
 
+from npcforge.db.queries import q
+
 log = logging.getLogger("npcforge.migrate")
 
 # Any constant works; it only has to be the same for every npcforge process.
 MIGRATION_LOCK_KEY = 0x6E7063666F726765  # "npcforge"
-
-_LEDGER_DDL = """
-CREATE TABLE IF NOT EXISTS npcforge_schema_migrations (
-  version text PRIMARY KEY,
-  name text NOT NULL,
-  checksum text NOT NULL,
-  applied_at timestamptz NOT NULL DEFAULT now()
-);
--- On Supabase every table in `public` is reachable through the REST API: with RLS on and no
--- policy, only the owner (and roles that bypass RLS) can read or change the ledger.
-ALTER TABLE npcforge_schema_migrations ENABLE ROW LEVEL SECURITY;
-"""
 
 # Files edited after release only by adding steps that change nothing on a database that had
 # applied the earlier text (guarded adoption of the original system's schema): their earlier
@@ -83,10 +73,10 @@ def load_migrations() -> list[Migration]:
 
 
 async def applied_migrations(conn: asyncpg.Connection) -> dict[str, str]:
-    exists = await conn.fetchval("SELECT to_regclass('npcforge_schema_migrations') IS NOT NULL")
+    exists = await conn.fetchval(q("migrations_ledger_exists"))
     if not exists:
         return {}
-    rows = await conn.fetch("SELECT version, checksum FROM npcforge_schema_migrations")
+    rows = await conn.fetch(q("migrations_applied"))
     return {row["version"]: row["checksum"] for row in rows}
 
 
@@ -115,19 +105,15 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     done: list[str] = []
     while True:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-            await conn.execute(_LEDGER_DDL)
+            await conn.execute(q("migrations_lock"), MIGRATION_LOCK_KEY)
+            await conn.execute(q("migrations_ledger"))
             todo = pending(migrations, await applied_migrations(conn))
             if not todo:
                 return done
             migration = todo[0]
             await conn.execute(migration.sql)
             await conn.execute(
-                "INSERT INTO npcforge_schema_migrations (version, name, checksum) "
-                "VALUES ($1, $2, $3)",
-                migration.version,
-                migration.name,
-                migration.checksum,
+                q("migration_applied"), migration.version, migration.name, migration.checksum
             )
         log.info("applied migration", extra={"version": migration.version})
         done.append(f"{migration.version}_{migration.name}")

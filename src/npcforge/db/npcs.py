@@ -84,3 +84,45 @@ def _row_id(entry: Mapping[str, Any]) -> UUID | None:
 async def load_npc(conn: asyncpg.Connection | asyncpg.Pool, npc_id: UUID) -> NpcRecord | None:
     row = await conn.fetchrow(q("load_npc"), npc_id)
     return None if row is None else record_from_row(row)
+
+
+async def first_npc_id(conn: asyncpg.Connection) -> UUID | None:
+    """The oldest NPC, if there is one."""
+    npc_id: UUID | None = await conn.fetchval(q("first_npc"))
+    return npc_id
+
+
+async def insert_npc(
+    conn: asyncpg.Connection, npc: NpcRecord, *, owner_id: UUID, owner_name: str
+) -> UUID:
+    """Insert the NPC with its shop items and keywords (its owner's profile too, if missing),
+    all or nothing; the new id. Rows are inserted in the record's order, which their `position`
+    default keeps."""
+    look, msgs = npc.look, npc.messages
+    async with conn.transaction():
+        await conn.execute(q("insert_profile"), owner_id, owner_name)
+        npc_id: UUID = await conn.fetchval(
+            q("insert_npc"),
+            owner_id, npc.name, npc.walk_interval, npc.floor_change, npc.health_now,
+            npc.health_max, look.type, look.type_id, look.item_id, look.head, look.body,
+            look.legs, look.feet, look.addons, look.mount, msgs.greet, msgs.farewell,
+            msgs.decline, msgs.no_shop, msgs.on_close_shop, npc.focus_enabled,
+            npc.travel_enabled, npc.voice_enabled, npc.shop_enabled, npc.shop_mode,
+            npc.keywords_enabled,
+        )  # fmt: skip
+        if npc.shop_items:
+            await conn.executemany(
+                q("insert_shop_item"),
+                [
+                    (npc_id, i.list_type, i.name, i.item_id, i.price, i.subtype, i.charges,
+                     i.real_name, i.container_item_id)
+                    for i in npc.shop_items
+                ],
+            )  # fmt: skip
+        for index, keyword in enumerate(npc.keywords):
+            keyword_id = await conn.fetchval(q("insert_keyword"), npc_id, keyword.response, index)
+            await conn.executemany(
+                q("insert_keyword_phrase"),
+                [(keyword_id, npc_id, phrase) for phrase in keyword.phrases],
+            )
+    return npc_id

@@ -124,6 +124,37 @@ SELECT id, job_id, status, attempts, owner FROM taken;
 -- name: load_npc
 SELECT * FROM npcforge_npc_records WHERE id = $1;
 
+-- name: first_npc
+-- `npcforge dev`'s sample: the oldest NPC (NULL when there is none).
+SELECT id FROM npcs ORDER BY created_at LIMIT 1;
+
+-- name: insert_profile
+-- The owner of an imported NPC, created if missing ($1 id, $2 display name).
+INSERT INTO profiles (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING;
+
+-- name: insert_npc
+-- `npcforge npc import`: the NPC row; its lists follow (insert_shop_item, insert_keyword).
+INSERT INTO npcs (owner_id, name, walk_interval, floor_change, health_now, health_max,
+  look_type, look_type_id, look_item_id, look_head, look_body, look_legs, look_feet,
+  look_addons, look_mount, greet_message, farewell_message, decline_message,
+  no_shop_message, on_close_shop_message, focus_enabled, travel_enabled,
+  voice_enabled, shop_enabled, shop_mode, keywords_enabled)
+VALUES ($1, $2, $3, $4, $5, $6, $7::npc_look_type, $8, $9, $10, $11, $12, $13, $14,
+  $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25::npc_shop_mode, $26)
+RETURNING id;
+
+-- name: insert_shop_item
+-- Rows inserted one after the other keep that order (their position default).
+INSERT INTO npc_shop_items (npc_id, list_type, name, item_id, price, subtype, charges,
+  real_name, container_item_id)
+VALUES ($1, $2::npc_shop_item_list_type, $3, $4, $5, $6, $7, $8, $9);
+
+-- name: insert_keyword
+INSERT INTO npc_keywords (npc_id, response, sort_index) VALUES ($1, $2, $3) RETURNING id;
+
+-- name: insert_keyword_phrase
+INSERT INTO npc_keyword_phrases (keyword_id, npc_id, phrase) VALUES ($1, $2, $3);
+
 -- name: lock_jobs_for_publish
 -- Fencing for a batch: hold every row that is still this claim's while the XML is uploaded; a
 -- newer job (force) or a cancel waits. Rows not returned were fenced off. Locks in id order.
@@ -134,14 +165,6 @@ SELECT n.generation_job_lease_token AS lease_token
  WHERE n.generation_job_status = 'processing'
  ORDER BY n.id
    FOR UPDATE OF n;
-
--- name: lock_job_for_publish
--- Fencing: hold the row while the XML is uploaded; a newer job (force) or a cancel waits.
-SELECT 1
-  FROM npcs
- WHERE id = $1 AND generation_job_id = $2 AND generation_job_lease_token = $3
-   AND generation_job_status = 'processing'
-   FOR UPDATE;
 
 -- name: fail_job
 -- End the job failed with the error document ($4), fenced: a row that is no longer this
@@ -280,7 +303,8 @@ SELECT c.id AS npc_id, q.generation_job_id AS job_id
  ORDER BY c.created_at, c.id;
 
 -- name: enqueue_by_update
--- The plain-SQL way: what a user types in psql.
+-- The plain-SQL way, what a user types in psql (`npcforge demo` enqueues so); the trigger gives
+-- the row its job id.
 UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1
 RETURNING generation_job_id AS job_id;
 
@@ -293,9 +317,6 @@ SELECT n.id AS npc_id, n.owner_id, n.deleted_at, n.generation_job_id AS job_id,
        n.generation_job_finished_at AS finished_at
   FROM npcs n
  WHERE n.id = $1;
-
--- name: npc_owner
-SELECT owner_id, deleted_at, generation_job_status::text AS status FROM npcs WHERE id = $1;
 
 -- name: start_job_for_owner
 -- The API's enqueue: one statement, conflict decided under the row lock.
@@ -472,3 +493,29 @@ SELECT count(*) FILTER (WHERE generation_job_status = 'queued') AS queued,
          WHERE t.tgrelid = 'npcs'::regclass AND NOT t.tgisinternal
            AND p.pronamespace::regnamespace::text = 'supabase_functions') AS webhooks
   FROM npcs;
+
+-- name: migrations_lock
+-- `npcforge migrate`: one migration at a time, fleet-wide, until the transaction ends (a
+-- transaction lock also holds behind a transaction-mode pooler).
+SELECT pg_advisory_xact_lock($1);
+
+-- name: migrations_ledger
+-- The ledger of applied migrations. On Supabase every table in `public` is reachable through
+-- the REST API: with RLS on and no policy, only the owner (and roles that bypass RLS) can read
+-- or change it.
+CREATE TABLE IF NOT EXISTS npcforge_schema_migrations (
+  version text PRIMARY KEY,
+  name text NOT NULL,
+  checksum text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE npcforge_schema_migrations ENABLE ROW LEVEL SECURITY;
+
+-- name: migrations_ledger_exists
+SELECT to_regclass('npcforge_schema_migrations') IS NOT NULL;
+
+-- name: migrations_applied
+SELECT version, checksum FROM npcforge_schema_migrations;
+
+-- name: migration_applied
+INSERT INTO npcforge_schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
