@@ -33,7 +33,7 @@ STAGES = (
     ("asyncpg pool release", "PoolAcquireContext.__aexit__ "),
     ("logging", "Logger.info "),
     ("JSON log formatting", "JsonFormatter.format "),
-    ("lease renewals", "LeaseKeeper.run "),
+    ("lease renewals", "Leases.keep "),
     ("prometheus metric updates", "MutexValue.inc "),
 )
 

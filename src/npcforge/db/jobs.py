@@ -27,7 +27,7 @@ from npcforge.npc import NpcRecord
 Row = Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lease:
     """A job a claim handed to this worker (or the adoption of a claim whose reply was lost)."""
 
@@ -110,19 +110,7 @@ class JobQueue:
         rows = await self._db.fetch(
             q("claim_jobs"), limit, worker_id, lease_seconds, timeout=timeout
         )
-        return [
-            Lease(
-                npc_id=row["claimed_id"],
-                job_id=row["job_id"],
-                lease_token=row["lease_token"],
-                attempt=row["attempt"],
-                queued_at=row["queued_at"],
-                claimed_at=row["claimed_at"],
-                record=record_from_row(row) if row["id"] is not None else None,
-                record_loaded=True,
-            )
-            for row in rows
-        ]
+        return [_lease(row, npc_id=row["claimed_id"], with_record=True) for row in rows]
 
     async def adopt_lost_claims(
         self, *, worker_id: str, known: Collection[UUID], timeout: float | None = None
@@ -130,17 +118,7 @@ class JobQueue:
         """Jobs `worker_id` holds whose lease tokens are not among `known`: a claim whose reply
         never arrived may have committed them."""
         rows = await self._db.fetch(q("adopt_lost_claims"), worker_id, list(known), timeout=timeout)
-        return [
-            Lease(
-                npc_id=row["id"],
-                job_id=row["job_id"],
-                lease_token=row["lease_token"],
-                attempt=row["attempt"],
-                queued_at=row["queued_at"],
-                claimed_at=row["claimed_at"],
-            )
-            for row in rows
-        ]
+        return [_lease(row, npc_id=row["id"], with_record=False) for row in rows]
 
     async def renew_leases(
         self,
@@ -343,6 +321,22 @@ class JobQueue:
         """End the NPC's queued or running job as failed/CANCELLED."""
         rows: list[Row] = await self._db.fetch(q("jobs_cancel"), npc_id)
         return rows
+
+
+def _lease(row: Row, *, npc_id: UUID, with_record: bool) -> Lease:
+    """A claim_jobs row (which carries the record: NULL columns when the NPC was deleted) or
+    an adopt_lost_claims row."""
+    record = record_from_row(row) if with_record and row["id"] is not None else None
+    return Lease(
+        npc_id=npc_id,
+        job_id=row["job_id"],
+        lease_token=row["lease_token"],
+        attempt=row["attempt"],
+        queued_at=row["queued_at"],
+        claimed_at=row["claimed_at"],
+        record=record,
+        record_loaded=with_record,
+    )
 
 
 def _attempt_columns(attempts: Sequence[AttemptRow]) -> list[list[Any]]:

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from npcforge.db.connect import DB_UNAVAILABLE
 from npcforge.db.jobs import JobQueue
 from npcforge.generation.base import Provider
 from npcforge.worker.claims import Claim
 from npcforge.worker.inflight import InFlight
-from npcforge.worker.supervisor import Supervisor, loop_backoff
+from npcforge.worker.supervisor import Supervisor
 
 log = logging.getLogger("npcforge.worker")
 
@@ -50,44 +51,27 @@ class Wakeups:
             self.event.set()
 
 
+@dataclass(kw_only=True, slots=True)
 class Claimer:
-    def __init__(
-        self,
-        *,
-        jobs: JobQueue,
-        inflight: InFlight,
-        provider: Provider,
-        supervisor: Supervisor,
-        wakeups: Wakeups,
-        stopping: asyncio.Event,
-        on_claimed: Callable[[], None],
-        worker_id: str,
-        concurrency: int,
-        lease_seconds: float,
-        poll_seconds: float,
-        claim_timeout: float,
-        db_timeout: float,
-    ) -> None:
-        self.jobs = jobs
-        self.inflight = inflight
-        self.provider = provider
-        self.supervisor = supervisor
-        self.wakeups = wakeups
-        self.stopping = stopping
-        self.on_claimed = on_claimed  # the database answered a claim (READY waits for it)
-        self.worker_id = worker_id
-        self.concurrency = concurrency
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.claim_timeout = claim_timeout
-        self.db_timeout = db_timeout
-        self.claimed_once = False
-        # A claim failed after it may have committed: some rows may be ours without our knowing.
-        self.in_doubt = False
+    jobs: JobQueue
+    inflight: InFlight
+    provider: Provider
+    supervisor: Supervisor
+    wakeups: Wakeups
+    stopping: asyncio.Event
+    on_claimed: Callable[[], None]  # the database answered a claim (READY waits for it)
+    worker_id: str
+    concurrency: int
+    lease_seconds: float
+    poll_seconds: float
+    claim_timeout: float
+    db_timeout: float
+    claimed_once: bool = field(default=False, init=False)
+    # A claim failed after it may have committed: some rows may be ours without our knowing.
+    in_doubt: bool = field(default=False, init=False)
 
     async def run(self) -> None:
         wakeups = self.wakeups
-        failures = 0
         while not self.stopping.is_set():
             self.supervisor.beat("claimer")
             timeout = self.poll_seconds
@@ -120,13 +104,10 @@ class Claimer:
                         wakeups.maybe_more = False
                         wait = await self.jobs.next_run_after(timeout=self.db_timeout)
                 except DB_UNAVAILABLE as exc:
-                    failures += 1
-                    self.supervisor.db_trouble("claimer", exc)
                     # Retry soon; a listener reconnect wakes us earlier for the catch-up claim.
-                    timeout = min(timeout, loop_backoff(failures))
+                    timeout = min(timeout, self.supervisor.db_trouble("claimer", exc))
                 else:
-                    failures = 0
-                    self.supervisor.db_fine()
+                    self.supervisor.db_fine("claimer")
                     self._claimed()
                     if len(leases) == free:
                         continue  # a full batch: there may be more right now

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
-from uuid import UUID
 
 from npcforge.backoff import backoff
 from npcforge.db.jobs import AttemptRow, JobQueue, Lease
 from npcforge.errors import JobError
 from npcforge.generation.base import CallStats
-from npcforge.npc import NpcRecord
 
 Phase = Literal["producing", "finalizing"]
 # "deferred" never leaves the runner: an upload to try again, nothing written.
@@ -29,14 +26,13 @@ NEXT_ATTEMPT_BASE = 2.0
 NEXT_ATTEMPT_CAP = 300.0
 
 
+LEASE_FIELDS = tuple(lease_field.name for lease_field in fields(Lease))
+
+
 @dataclass(slots=True)
-class Claim:
-    npc_id: UUID
-    job_id: UUID
-    lease_token: UUID
-    attempt: int
-    queued_at: datetime | None
-    claimed_at: datetime
+class Claim(Lease):
+    """A job this worker holds (its lease), and what the worker knows while the attempt runs."""
+
     started_mono: float = field(default_factory=time.monotonic)
     # producing: nothing written yet, safe to cancel; finalizing: the fenced writes have begun.
     phase: Phase = "producing"
@@ -44,9 +40,6 @@ class Claim:
     abandoned: str | None = None
     # A finalize failed after it may have reached the server: its commit is in doubt.
     finalize_in_doubt: bool = False
-    # The record, when it came with the claim (None there means the NPC is deleted).
-    record: NpcRecord | None = None
-    record_loaded: bool = False
     # The attempt's product, kept across database outages: XML bytes or the failure.
     result: bytes | JobError | None = None
     stats: CallStats = field(default_factory=CallStats)
@@ -56,16 +49,7 @@ class Claim:
 
     @classmethod
     def of(cls, lease: Lease) -> Claim:
-        return cls(
-            npc_id=lease.npc_id,
-            job_id=lease.job_id,
-            lease_token=lease.lease_token,
-            attempt=lease.attempt,
-            queued_at=lease.queued_at,
-            claimed_at=lease.claimed_at,
-            record=lease.record,
-            record_loaded=lease.record_loaded,
-        )
+        return cls(*(getattr(lease, name) for name in LEASE_FIELDS))
 
     def elapsed_ms(self) -> int:
         """Milliseconds since this worker claimed the job."""

@@ -32,7 +32,7 @@ from npcforge.worker.attempt import JobRunner
 from npcforge.worker.claimer import Claimer, Wakeups
 from npcforge.worker.claims import Claim, Outcome, log_fields
 from npcforge.worker.inflight import InFlight
-from npcforge.worker.leases import LeaseKeeper, Reaper
+from npcforge.worker.leases import Leases
 from npcforge.worker.listener import Listener
 from npcforge.worker.sdnotify import SystemdNotifier
 from npcforge.worker.supervisor import Supervisor, loop_backoff
@@ -222,15 +222,7 @@ class Worker:
             claim_timeout=self.claim_timeout,
             db_timeout=self.db_timeout,
         )
-        leases = LeaseKeeper(
-            jobs=jobs,
-            inflight=self.inflight,
-            supervisor=self.supervisor,
-            worker_id=self.worker_id,
-            lease_seconds=self.lease_seconds,
-            db_timeout=self.db_timeout,
-        )
-        reaper = Reaper(
+        leases = Leases(
             jobs=jobs,
             inflight=self.inflight,
             supervisor=self.supervisor,
@@ -243,8 +235,8 @@ class Worker:
         )
         self.supervisor.start("listener", self.listener.run)
         self.supervisor.start("claimer", claimer.run)
-        self.supervisor.start("leases", leases.run)
-        self.supervisor.start("reaper", reaper.run)
+        self.supervisor.start("leases", leases.keep)
+        self.supervisor.start("reaper", leases.reap)
         self.supervisor.start(
             "heartbeat",
             lambda: self.supervisor.heartbeat(self.notifier, self.ready, self.status_text),

@@ -7,37 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from npcforge.db.connect import DB_UNAVAILABLE
 from npcforge.db.jobs import JobQueue
 from npcforge.metrics import WorkerMetrics
 from npcforge.worker.inflight import InFlight
-from npcforge.worker.supervisor import Supervisor, loop_backoff
+from npcforge.worker.supervisor import Supervisor
 
 log = logging.getLogger("npcforge.worker")
 
 
-class LeaseKeeper:
-    def __init__(
-        self,
-        *,
-        jobs: JobQueue,
-        inflight: InFlight,
-        supervisor: Supervisor,
-        worker_id: str,
-        lease_seconds: float,
-        db_timeout: float,
-    ) -> None:
-        self.jobs = jobs
-        self.inflight = inflight
-        self.supervisor = supervisor
-        self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
-        self.db_timeout = db_timeout
+@dataclass(kw_only=True, slots=True)
+class Leases:
+    jobs: JobQueue
+    inflight: InFlight
+    supervisor: Supervisor
+    metrics: WorkerMetrics
+    worker_id: str
+    max_attempts: int
+    lease_seconds: float
+    poll_seconds: float
+    db_timeout: float
 
-    async def run(self) -> None:
+    async def keep(self) -> None:
+        """The lease keeper's loop ("leases")."""
         interval = self.lease_seconds / 3
-        failures = 0
         while True:
             self.supervisor.beat("leases")
             delay = interval
@@ -49,50 +44,23 @@ class LeaseKeeper:
                         lease_seconds=self.lease_seconds, timeout=self.db_timeout,
                     )  # fmt: skip
                 except DB_UNAVAILABLE as exc:
-                    failures += 1
-                    self.supervisor.db_trouble("leases", exc)
-                    delay = min(interval, loop_backoff(failures))
+                    delay = min(interval, self.supervisor.db_trouble("leases", exc))
                 else:
-                    failures = 0
-                    self.supervisor.db_fine()
+                    self.supervisor.db_fine("leases")
                     for token, claim in claims.items():
                         if token not in ours:
                             self.inflight.lease_lost(claim)
             await asyncio.sleep(delay)
 
-
-class Reaper:
-    def __init__(
-        self,
-        *,
-        jobs: JobQueue,
-        inflight: InFlight,
-        supervisor: Supervisor,
-        metrics: WorkerMetrics,
-        worker_id: str,
-        max_attempts: int,
-        lease_seconds: float,
-        poll_seconds: float,
-        db_timeout: float,
-    ) -> None:
-        self.jobs = jobs
-        self.inflight = inflight
-        self.supervisor = supervisor
-        self.metrics = metrics
-        self.worker_id = worker_id
-        self.max_attempts = max_attempts
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.db_timeout = db_timeout
-
-    async def run(self) -> None:
+    async def reap(self) -> None:
+        """The reaper's loop ("reaper")."""
         while True:
             self.supervisor.beat("reaper")
             reaped = await self.jobs.reap_expired_leases(
                 max_attempts=self.max_attempts, lease_seconds=self.lease_seconds,
                 keep=list(self.inflight.running), timeout=self.db_timeout,
             )  # fmt: skip
-            self.supervisor.db_fine()
+            self.supervisor.db_fine("reaper")
             for job in reaped:
                 self.metrics.rescued.inc()
                 if job.status == "failed":

@@ -37,6 +37,7 @@ class Supervisor:
         self.db_reachable = False
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._beats: dict[str, float] = {}
+        self._db_failures: dict[str, int] = {}  # by loop, in a row
 
     # --- start ---------------------------------------------------------------------------
 
@@ -63,7 +64,9 @@ class Supervisor:
             if task.done() or now - self._beats.get(name, 0.0) > self.stale_after
         ]
 
-    def db_trouble(self, loop: str, exc: BaseException) -> None:
+    def db_trouble(self, loop: str, exc: BaseException) -> float:
+        """`loop` could not reach the database; how long it should wait before trying again
+        (longer with each failure in a row)."""
         self.metrics.db_errors.labels(loop=loop).inc()
         if self.db_reachable:
             log.warning(
@@ -71,8 +74,12 @@ class Supervisor:
                 extra={"action": "db_down", "loop": loop, "error": type(exc).__name__},
             )
         self.db_reachable = False
+        self._db_failures[loop] = failures = self._db_failures.get(loop, 0) + 1
+        return loop_backoff(failures)
 
-    def db_fine(self) -> None:
+    def db_fine(self, loop: str) -> None:
+        """`loop` reached the database."""
+        self._db_failures.pop(loop, None)
         if not self.db_reachable:
             log.info("database reachable again", extra={"action": "db_up"})
         self.db_reachable = True
