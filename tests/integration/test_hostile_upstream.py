@@ -27,7 +27,7 @@ from npcforge.config import Settings
 from npcforge.db.npcs import load_npc
 from npcforge.errors import MAX_ERROR_JSON_CHARS, MAX_MESSAGE_CHARS, LimitExceeded
 from npcforge.generation.openrouter import OpenRouterProvider
-from npcforge.generation.xmlrules import validate_npc_xml
+from npcforge.generation.validator import validate_npc_xml
 from npcforge.redaction import MIN_FRAGMENT
 from standins.hostile_upstream import (
     SMUGGLED_COMMENT,

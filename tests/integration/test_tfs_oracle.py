@@ -23,7 +23,8 @@ from npcforge.config import Settings
 from npcforge.generation.openrouter import OpenRouterProvider
 from npcforge.generation.recordcheck import record_problems
 from npcforge.generation.tfs import FLUID_CONTAINER_IDS, PATTERN_CHARS, lua_lower, matched_text
-from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
+from npcforge.generation.validator import validate_npc_xml
+from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.importer import NpcIn, parse_npc
 from npcforge.npc import NpcRecord
 from standins.openrouter import openrouter_standin

@@ -8,7 +8,8 @@ import time
 from conftest import make_npc, make_npcs
 from npcforge.db.npcs import load_npc
 from npcforge.errors import AiConfig, AiUpstream
-from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
+from npcforge.generation.validator import validate_npc_xml
+from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.storage.filesystem import FilesystemStorage
 from npcforge.worker.daemon import Worker
 from workerkit import ScriptedProvider, job_row, running_worker, wait_status

@@ -18,8 +18,9 @@ import pytest
 
 from npcforge.config import ConfigError, Settings
 from npcforge.errors import JobError
+from npcforge.generation.answer import extract_xml
 from npcforge.generation.base import CallStats, RepairRequest
-from npcforge.generation.openrouter import SEED, OpenRouterProvider, extract_xml
+from npcforge.generation.openrouter import SEED, OpenRouterProvider
 from npcforge.generation.prompt import (
     RECORD_CLOSE,
     RECORD_OPEN,
@@ -27,7 +28,8 @@ from npcforge.generation.prompt import (
     max_tokens_for,
 )
 from npcforge.generation.upstream_errors import classify_error
-from npcforge.generation.xmlrules import render_npc_xml, validate_npc_xml
+from npcforge.generation.validator import validate_npc_xml
+from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
 from npcforge.worker.attempt import generate_valid_xml
 from standins.openrouter import (

@@ -6,12 +6,9 @@ from uuid import UUID
 
 import pytest
 
-from npcforge.generation.xmlrules import (
-    check_npc_xml,
-    render_npc_xml,
-    stored_npc_xml,
-    validate_npc_xml,
-)
+from npcforge.generation.stored_xml import check_npc_xml, stored_npc_xml
+from npcforge.generation.validator import validate_npc_xml
+from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
 
 NPC = NpcRecord(

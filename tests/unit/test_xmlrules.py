@@ -9,13 +9,12 @@ from uuid import UUID
 import defusedxml.ElementTree as defused_et
 import pytest
 
+from npcforge.generation.validator import MAX_FINDINGS, validate_npc_xml
 from npcforge.generation.xmlrules import (
     LIST_FORBIDDEN_CHARS,
-    MAX_FINDINGS,
     MAX_XML_BYTES,
     list_text_problem,
     render_npc_xml,
-    validate_npc_xml,
     xml_size,
 )
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem

@@ -24,7 +24,7 @@ from npcforge.errors import (
 )
 from npcforge.generation.base import CallStats, Provider, RepairRequest
 from npcforge.generation.recordcheck import record_problems
-from npcforge.generation.xmlrules import check_npc_xml
+from npcforge.generation.stored_xml import check_npc_xml
 from npcforge.metrics import WorkerMetrics
 from npcforge.npc import NpcRecord
 from npcforge.storage.base import Storage
