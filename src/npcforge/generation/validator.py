@@ -200,24 +200,21 @@ def _check_npc_element(root: Element, npc: NpcRecord, findings: _Findings) -> No
     _check_text(root, "<npc>", findings)
 
 
-def _check_health(element: Element, npc: NpcRecord, findings: _Findings) -> None:
-    expected = health_attributes(npc)
-    _check_fixed_attributes(element, "health", expected, findings)
+def _check_fixed_element(
+    element: Element,
+    expected: Sequence[tuple[str, str]],
+    findings: _Findings,
+    *,
+    why_not: str = "",
+) -> None:
+    """An element whose attributes the record fixes, all of them, and nothing inside."""
+    tag = str(element.tag)
+    _check_fixed_attributes(element, tag, expected, findings)
     allowed = {key for key, _ in expected}
     for key in element.attrib:
         if key not in allowed:
-            findings.add(f"health@{key} is not allowed")
-    _check_no_children(element, "<health>", findings)
-
-
-def _check_look(element: Element, npc: NpcRecord, findings: _Findings) -> None:
-    expected = look_attributes(npc)
-    _check_fixed_attributes(element, "look", expected, findings)
-    allowed = {key for key, _ in expected}
-    for key in element.attrib:
-        if key not in allowed:
-            findings.add(f"look@{key} is not allowed for this NPC's {npc.look.type} look")
-    _check_no_children(element, "<look>", findings)
+            findings.add(f"{tag}@{key} is not allowed{why_not}")
+    _check_no_children(element, f"<{tag}>", findings)
 
 
 def _check_voices(element: Element, findings: _Findings) -> None:
@@ -398,10 +395,11 @@ def validate_npc_xml(xml: str, npc: NpcRecord) -> list[str]:
             findings.add(f"unexpected element <{tag}> inside <npc>")
     health = _single(grouped, "health", findings, required=True)
     if health is not None:
-        _check_health(health, npc, findings)
+        _check_fixed_element(health, health_attributes(npc), findings)
     look = _single(grouped, "look", findings, required=True)
     if look is not None:
-        _check_look(look, npc, findings)
+        why_not = f" for this NPC's {npc.look.type} look"
+        _check_fixed_element(look, look_attributes(npc), findings, why_not=why_not)
     if "voices" in grouped and not npc.voice_enabled:
         findings.add("<voices> is not allowed: voices are disabled for this NPC")
     else:
