@@ -20,11 +20,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from npcforge.cli import sample_npc_data
 from npcforge.db.connect import connect
 from npcforge.db.migrate import migrate
 from npcforge.embedded import EmbeddedPostgres, temporary_postgres
-from npcforge.importer import insert_npc, parse_npc
+from npcforge.importer import insert_npc, parse_npc, sample_npc_data
 from npcforge.logs import JsonFormatter
 
 TEMPLATE_DB = "npcforge_template"

@@ -15,6 +15,8 @@ from npcforge.npc import NpcRecord
 from npcforge.storage.base import Storage
 from npcforge.storage.filesystem import FilesystemStorage
 from npcforge.worker.daemon import Worker
+from npcforge.worker.options import WorkerOptions
+from npcforge.worker.sdnotify import SystemdNotifier
 
 
 class ScriptedProvider:
@@ -61,16 +63,21 @@ async def running_worker(
     provider: Provider | None = None,
     bucket: str = "npc-xml-files",
     storage: Storage | None = None,
+    notifier: SystemdNotifier | None = None,
+    worker_id: str | None = None,
     **options: Any,
 ) -> AsyncIterator[Worker]:
     """A Worker on `storage` (used as given; the caller closes it), or else on a
-    FilesystemStorage under `storage_dir` with its bucket created."""
+    FilesystemStorage under `storage_dir` with its bucket created; `options` are WorkerOptions'."""
     if storage is None:
         assert storage_dir is not None, "running_worker needs storage_dir or storage"
         storage = FilesystemStorage(storage_dir, bucket)
         await storage.ensure_bucket()
     options.setdefault("poll_seconds", 0.5)
-    worker = Worker(dsn=dsn, provider=provider or TemplateProvider(), storage=storage, **options)
+    worker = Worker(
+        dsn=dsn, provider=provider or TemplateProvider(), storage=storage,
+        options=WorkerOptions(**options), notifier=notifier, worker_id=worker_id,
+    )  # fmt: skip
     task = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.ready.wait(), timeout=20)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -11,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from npcforge.cli import findings_of, install_signal_handlers, sample_npc_data
-from npcforge.compose import build_worker, offline_fallback
+from npcforge.compose import build_api, build_storage, build_worker, offline_fallback
 from npcforge.config import Settings
 from npcforge.db.connect import connect
 from npcforge.db.jobs import JobQueue
@@ -25,10 +26,11 @@ from npcforge.embedded import (
     temporary_postgres,
 )
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from npcforge.importer import insert_npc, parse_npc
+from npcforge.importer import insert_npc, parse_npc, sample_npc_data
 from npcforge.logs import say
+from npcforge.ops import findings_of
+from npcforge.signals import install_signal_handlers
 from npcforge.storage.base import xml_key
-from npcforge.storage.filesystem import FilesystemStorage
 
 log = logging.getLogger("npcforge.dev")
 
@@ -57,7 +59,7 @@ async def _setup_database(dsn: str, *, import_sample: bool) -> Any:
     return conn, npc_id
 
 
-async def run_demo(settings: Settings) -> int:
+async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="npcforge-demo-") as tmp:
         settings = _prepare(settings, Path(tmp) / "storage")
         with temporary_postgres() as pg:
@@ -67,7 +69,7 @@ async def run_demo(settings: Settings) -> int:
 async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
     started = time.monotonic()
     conn, npc_id = await _setup_database(pg.dsn, import_sample=True)
-    storage = FilesystemStorage(settings.storage_dir, settings.bucket)
+    storage = build_storage(settings)
     await storage.ensure_bucket()
     worker = build_worker(settings, pg.dsn, storage=storage)
     worker_task = asyncio.create_task(worker.run())
@@ -87,7 +89,8 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
                 say("npcforge: the worker stopped before the job finished")
                 return EXIT_FAILURE
             if interrupted.is_set():
-                worker.shutdown_seconds = 0  # nothing to wait for: the database goes too
+                # Nothing to wait for: the database goes too.
+                worker.options = dataclasses.replace(worker.options, shutdown_seconds=0)
                 say("npcforge: interrupted; the demo's database is removed")
                 return EXIT_FAILURE
             await asyncio.sleep(0.05)
@@ -113,10 +116,11 @@ async def _demo(settings: Settings, pg: EmbeddedPostgres) -> int:
         await conn.close()
 
 
-async def run_dev(settings: Settings, *, host: str, port: int) -> int:
+async def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.api.auth import is_loopback
     from npcforge.api.server import listen_socket
 
+    host, port = args.host, args.port
     if not is_loopback(host):
         say(f"npcforge: dev serves without authentication and only binds loopback, not {host!r}")
         return EXIT_USAGE
@@ -137,7 +141,6 @@ async def run_dev(settings: Settings, *, host: str, port: int) -> int:
 async def _serve_dev(
     settings: Settings, pg: EmbeddedPostgres, sock: Any, *, home: Path, host: str, port: int
 ) -> int:
-    from npcforge.api.app import create_app
     from npcforge.api.auth import NoAuth
     from npcforge.api.server import ApiServer
 
@@ -148,11 +151,11 @@ async def _serve_dev(
             sample_id = await insert_npc(conn, parse_npc(sample_npc_data()))
     finally:
         await conn.close()
-    storage = FilesystemStorage(settings.storage_dir, settings.bucket)
+    storage = build_storage(settings)
     await storage.ensure_bucket()
     worker = build_worker(settings, pg.dsn, storage=storage)
     settings = settings.model_copy(update={"database_url": pg.dsn})
-    server = ApiServer(create_app(settings, storage=storage, authenticator=NoAuth()))
+    server = ApiServer(build_api(settings, storage=storage, authenticator=NoAuth()))
 
     def stop() -> None:
         worker.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -228,6 +229,12 @@ def parse_npc(data: Any) -> NpcIn:
         described = (f"{_input_path(p)}: {p.value!r} {p.reason}" for p in problems)
         raise ImportError_("invalid NPC: " + "; ".join(described))
     return npc
+
+
+def sample_npc_data() -> Any:
+    """The bundled sample NPC (`npcforge/data/sample_npc.json`) in the import format."""
+    text = resources.files("npcforge.data").joinpath("sample_npc.json").read_text("utf-8")
+    return json.loads(text)
 
 
 def read_npc_file(path: Path) -> NpcIn:

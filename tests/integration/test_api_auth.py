@@ -26,8 +26,9 @@ from apikit import (
 )
 from conftest import make_npc
 from npcforge.api.jwt_auth import JwtAuthenticator
-from npcforge.api.server import check_bind, serve_api
+from npcforge.compose import check_bind
 from npcforge.config import ConfigError, Settings
+from npcforge.daemons import serve_api
 
 # --- a JWKS endpoint we control ----------------------------------------------------------
 

@@ -12,6 +12,7 @@ from npcforge.generation.validator import validate_npc_xml
 from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.storage.filesystem import FilesystemStorage
 from npcforge.worker.daemon import Worker
+from npcforge.worker.options import WorkerOptions
 from workerkit import ScriptedProvider, job_row, running_worker, wait_status
 
 
@@ -200,7 +201,9 @@ async def test_a_worker_started_during_a_pause_is_ready_at_once_and_claims_after
     paused = ScriptedProvider()
     paused.paused_for = 60.0  # known before the first claim
     storage = FilesystemStorage(storage_dir, "npc-xml-files")
-    worker = Worker(dsn=db_dsn, provider=paused, storage=storage, poll_seconds=0.5)
+    worker = Worker(
+        dsn=db_dsn, provider=paused, storage=storage, options=WorkerOptions(poll_seconds=0.5)
+    )
     await worker.storage.ensure_bucket()
     task = asyncio.create_task(worker.run())
     try:

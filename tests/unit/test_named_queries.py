@@ -12,7 +12,7 @@ SRC = Path(npcforge.__file__).parent
 RUNS_SQL = {"execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare"}
 # Statements outside db/ that are not the application's: doctor's and readyz's probes of the
 # server itself, and the listener's self-NOTIFY on its own connection.
-PROBES = {"ops.py", "api/routes.py", "worker/listener.py"}
+PROBES = {"doctor.py", "api/routes.py", "worker/listener.py"}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -1,39 +1,16 @@
-"""Serving the API under uvicorn, with the loopback rule for NPCFORGE_AUTH=none."""
+"""Serving an ASGI app under uvicorn: the listening socket and the server."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from npcforge.api.app import create_api_pool, create_app
-from npcforge.api.auth import is_loopback
-from npcforge.config import ConfigError, Settings
 from npcforge.exits import CommandFailed, UsageError
-from npcforge.storage.factory import build_storage
-
-log = logging.getLogger("npcforge.api")
-
-
-def check_bind(settings: Settings, host: str) -> None:
-    if settings.auth == "none" and not is_loopback(host):
-        raise ConfigError(
-            f"NPCFORGE_AUTH=none is only allowed on a loopback address, not {host!r}; "
-            "bind to 127.0.0.1 or set NPCFORGE_AUTH=jwt"
-        )
-    if (
-        settings.auth == "jwt"
-        and settings.supabase_jwt_secret is None
-        and not settings.effective_jwks_url
-    ):
-        raise ConfigError(
-            "NPCFORGE_AUTH=jwt needs SUPABASE_JWT_SECRET (HS256) or NPCFORGE_JWKS_URL / SUPABASE_URL"
-        )
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -81,35 +58,3 @@ class ApiServer(uvicorn.Server):
             self.should_exit = True
 
         return stop
-
-
-async def serve_api(settings: Settings, *, host: str, port: int) -> None:
-    from npcforge.api.app import build_authenticator
-    from npcforge.cli import install_signal_handlers
-
-    check_bind(settings, host)
-    dsn = settings.require_database_url()
-    storage = build_storage(settings)
-    sock = pool = None
-    try:
-        sock = listen_socket(host, port)
-        pool = await create_api_pool(dsn, transaction_pooler=settings.transaction_pooler)
-        app = create_app(
-            settings, storage=storage, pool=pool, authenticator=build_authenticator(settings),
-            freeze_heap=True,
-        )  # fmt: skip
-        server = ApiServer(app)
-        install_signal_handlers(server.stopper())
-        log.info(
-            "api listening",
-            extra={"action": "start", "address": f"http://{host}:{port}", "auth": settings.auth,
-                   "storage": storage.name},
-        )  # fmt: skip
-        await server.serve_on(sock)
-        log.info("api stopped", extra={"action": "stopped"})
-    finally:
-        if pool is not None:
-            await pool.close()
-        if sock is not None:
-            sock.close()
-        await storage.close()

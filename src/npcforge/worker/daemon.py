@@ -34,6 +34,7 @@ from npcforge.worker.claims import Claim, Outcome, log_fields
 from npcforge.worker.inflight import InFlight
 from npcforge.worker.leases import Leases
 from npcforge.worker.listener import Listener
+from npcforge.worker.options import WorkerOptions
 from npcforge.worker.sdnotify import SystemdNotifier
 from npcforge.worker.supervisor import Supervisor, loop_backoff
 
@@ -41,6 +42,8 @@ log = logging.getLogger("npcforge.worker")
 
 # How long shutdown keeps trying to hand jobs back while the database is unreachable.
 HAND_BACK_SECONDS = 5.0
+
+DEFAULT_OPTIONS = WorkerOptions()
 
 
 def make_worker_id() -> str:
@@ -54,20 +57,10 @@ class Worker:
         dsn: str,
         provider: Provider,
         storage: Storage,
-        concurrency: int = 16,
-        lease_seconds: float = 30.0,
-        max_attempts: int = 3,
-        poll_seconds: float = 5.0,
-        shutdown_seconds: float = 30.0,
-        job_deadline_seconds: float = 300.0,
-        max_retry_delay_seconds: float = 180.0,
+        options: WorkerOptions = DEFAULT_OPTIONS,
         metrics: WorkerMetrics | None = None,
         notifier: SystemdNotifier | None = None,
         worker_id: str | None = None,
-        pool_size: int | None = None,
-        db_timeout: float = 10.0,
-        listener_probe_interval: float = 3.0,
-        listener_probe_timeout: float = 5.0,
         listen_dsn: str | None = None,
         transaction_pooler: bool = False,
     ) -> None:
@@ -78,23 +71,11 @@ class Worker:
         self.transaction_pooler = transaction_pooler
         self.provider = provider
         self.storage = storage
-        self.concurrency = concurrency
-        self.lease_seconds = lease_seconds
-        self.max_attempts = max_attempts
-        self.poll_seconds = poll_seconds
-        self.shutdown_seconds = shutdown_seconds
-        self.job_deadline_seconds = job_deadline_seconds
-        self.max_retry_delay_seconds = max_retry_delay_seconds
+        self.options = options
         self.metrics = metrics or WorkerMetrics()
         self.notifier = notifier or SystemdNotifier(None)
         self.worker_id = worker_id or make_worker_id()
-        self.pool_size = pool_size or min(max(4, concurrency // 4 + 2), 20)
-        self.db_timeout = db_timeout
-        # A claim sets its leases' expiry when its statement starts: one that came back later
-        # than this would hand out leases already running out, which other workers' reapers
-        # take back while this one starts the jobs (a second run of each). Cut short, the claim
-        # is retried, or adopted with most of its lease left if it did commit.
-        self.claim_timeout = min(db_timeout, lease_seconds / 3)
+        self.pool_size = options.jobs_pool_size
 
         self.pool: asyncpg.Pool | None = None  # jobs
         self.control: asyncpg.Pool | None = None  # claims, renewals, reaping, hand-back
@@ -105,9 +86,11 @@ class Worker:
             metrics=self.metrics,
             # Every wait in a loop is bounded by its interval, and every statement by db_timeout.
             stale_after=max(
-                poll_seconds, lease_seconds / 3, listener_probe_interval + listener_probe_timeout
+                options.poll_seconds,
+                options.lease_seconds / 3,
+                options.listener_probe_interval + options.listener_probe_timeout,
             )
-            + 2 * db_timeout
+            + 2 * options.db_timeout
             + 10,
         )
         self.wakeups = Wakeups()
@@ -121,8 +104,8 @@ class Worker:
             self.listen_dsn,
             self._on_notify,
             self._on_listener_connected,
-            probe_interval=listener_probe_interval,
-            probe_timeout=listener_probe_timeout,
+            probe_interval=options.listener_probe_interval,
+            probe_timeout=options.listener_probe_timeout,
             on_state=self._on_listener_state,
             beat=lambda: self.supervisor.beat("listener"),
         )
@@ -147,7 +130,7 @@ class Worker:
         return self.control is not None and await JobQueue(self.control).ping(timeout=timeout)
 
     def status_text(self) -> str:
-        text = f"in flight {len(self.running)}/{self.concurrency}, done {self.done_count}"
+        text = f"in flight {len(self.running)}/{self.options.concurrency}, done {self.done_count}"
         if self.stopping.is_set():
             return f"draining: {text}"
         if not self.supervisor.db_reachable and self.control is not None:
@@ -202,10 +185,10 @@ class Worker:
             provider=self.provider,
             storage=self.storage,
             worker_id=self.worker_id,
-            max_attempts=self.max_attempts,
-            job_deadline=self.job_deadline_seconds,
+            max_attempts=self.options.max_attempts,
+            job_deadline=self.options.job_deadline_seconds,
             metrics=self.metrics,
-            max_retry_delay=self.max_retry_delay_seconds,
+            max_retry_delay=self.options.max_retry_delay_seconds,
         )
         claimer = Claimer(
             jobs=jobs,
@@ -216,11 +199,11 @@ class Worker:
             stopping=self.stopping,
             on_claimed=self._claimed,
             worker_id=self.worker_id,
-            concurrency=self.concurrency,
-            lease_seconds=self.lease_seconds,
-            poll_seconds=self.poll_seconds,
-            claim_timeout=self.claim_timeout,
-            db_timeout=self.db_timeout,
+            concurrency=self.options.concurrency,
+            lease_seconds=self.options.lease_seconds,
+            poll_seconds=self.options.poll_seconds,
+            claim_timeout=self.options.claim_timeout,
+            db_timeout=self.options.db_timeout,
         )
         leases = Leases(
             jobs=jobs,
@@ -228,10 +211,10 @@ class Worker:
             supervisor=self.supervisor,
             metrics=self.metrics,
             worker_id=self.worker_id,
-            max_attempts=self.max_attempts,
-            lease_seconds=self.lease_seconds,
-            poll_seconds=self.poll_seconds,
-            db_timeout=self.db_timeout,
+            max_attempts=self.options.max_attempts,
+            lease_seconds=self.options.lease_seconds,
+            poll_seconds=self.options.poll_seconds,
+            db_timeout=self.options.db_timeout,
         )
         self.supervisor.start("listener", self.listener.run)
         self.supervisor.start("claimer", claimer.run)
@@ -243,7 +226,11 @@ class Worker:
         )
         log.info(
             "worker started",
-            extra={"worker_id": self.worker_id, "concurrency": self.concurrency, "action": "start"},
+            extra={
+                "worker_id": self.worker_id,
+                "concurrency": self.options.concurrency,
+                "action": "start",
+            },
         )
         try:
             await self.stopping.wait()
@@ -257,7 +244,7 @@ class Worker:
     async def _shutdown(self, claimer: Claimer) -> None:
         """Stop claiming → let running jobs finish until the deadline → cancel the rest →
         hand them back → stop the other loops → close the pools."""
-        deadline = time.monotonic() + self.shutdown_seconds
+        deadline = time.monotonic() + self.options.shutdown_seconds
         self.notifier.stopping()
         log.info(
             "worker stopping",
@@ -288,7 +275,7 @@ class Worker:
             try:
                 tokens = [claim.lease_token for claim in claims]
                 async with (
-                    self.control.acquire(timeout=self.db_timeout) as conn,
+                    self.control.acquire(timeout=self.options.db_timeout) as conn,
                     conn.transaction(),
                 ):
                     jobs = JobQueue(conn)
