@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # the worker process never imports the API's modules
     import asyncpg
     from starlette.applications import Starlette
 
-    from npcforge.api.auth import Authenticator
-
 log = logging.getLogger("npcforge")
 
 
@@ -101,18 +99,18 @@ def build_api(
     *,
     storage: Storage,
     pool: asyncpg.Pool | None = None,
-    authenticator: Authenticator | None = None,
+    no_auth: bool = False,
     daemon: bool = False,
 ) -> Starlette:
-    """The API app, with the authenticator NPCFORGE_AUTH asks for unless one is given;
-    `daemon` for a process that serves only this app (`npcforge api`)."""
-    from npcforge.api.app import create_app
-    from npcforge.api.auth import build_authenticator
+    """The API app, with the authenticator NPCFORGE_AUTH asks for, or none at all (`no_auth`:
+    `npcforge dev`, loopback only); `daemon` for a process that serves only this app."""
+    from npcforge.api.app import build_authenticator, create_app
+    from npcforge.api.auth import NoAuth
 
+    authenticator = NoAuth() if no_auth else build_authenticator(settings)
     return create_app(
-        settings, storage=storage, pool=pool,
-        authenticator=authenticator or build_authenticator(settings), freeze_heap=daemon,
-    )  # fmt: skip
+        settings, storage=storage, pool=pool, authenticator=authenticator, freeze_heap=daemon
+    )
 
 
 # --- start-up checks ---------------------------------------------------------------------------

@@ -141,7 +141,6 @@ async def run_dev(settings: Settings, args: argparse.Namespace) -> int:
 async def _serve_dev(
     settings: Settings, pg: EmbeddedPostgres, sock: Any, *, home: Path, host: str, port: int
 ) -> int:
-    from npcforge.api.auth import NoAuth
     from npcforge.api.server import ApiServer
 
     conn, _ = await _setup_database(pg.dsn, import_sample=False)
@@ -155,7 +154,8 @@ async def _serve_dev(
     await storage.ensure_bucket()
     worker = build_worker(settings, pg.dsn, storage=storage)
     settings = settings.model_copy(update={"database_url": pg.dsn})
-    server = ApiServer(build_api(settings, storage=storage, authenticator=NoAuth()))
+    # Loopback only (checked above), so the API answers without a token.
+    server = ApiServer(build_api(settings, storage=storage, no_auth=True))
 
     def stop() -> None:
         worker.stop()

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from npcforge.api.answers import PollAnswers
-from npcforge.api.auth import Authenticator, build_authenticator
+from npcforge.api.auth import Authenticator, NoAuth
 from npcforge.api.errors import ApiError, error_response
 from npcforge.api.lookups import JobStatusLookups
 from npcforge.api.metrics import ApiMetrics, MetricsMiddleware
@@ -107,6 +107,14 @@ async def create_api_pool(
 
 def build_routes(endpoints: list[Endpoint] = ENDPOINTS) -> list[Route]:
     return [Route(e.path, e.handler, methods=[e.method], name=e.operation_id) for e in endpoints]
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    if settings.auth == "none":
+        return NoAuth()
+    from npcforge.api.jwt_auth import JwtAuthenticator
+
+    return JwtAuthenticator(settings)
 
 
 def build_middleware(settings: Settings, metrics: ApiMetrics) -> list[Middleware]:

@@ -10,7 +10,6 @@ from uuid import UUID
 from starlette.requests import Request
 
 from npcforge.api.errors import ApiError
-from npcforge.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +41,6 @@ class NoAuth:
 
     async def close(self) -> None:
         return None
-
-
-def build_authenticator(settings: Settings) -> Authenticator:
-    """The authenticator NPCFORGE_AUTH asks for (the composition root's, and `create_app`'s
-    when it is given none)."""
-    if settings.auth == "none":
-        return NoAuth()
-    from npcforge.api.jwt_auth import JwtAuthenticator
-
-    return JwtAuthenticator(settings)
 
 
 def unauthorized(reason: str | None = None) -> ApiError:
