@@ -18,13 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from npcforge.api.answers import PollAnswers
 from npcforge.api.auth import Authenticator, NoAuth
 from npcforge.api.errors import ApiError, error_response
-from npcforge.api.lookups import JobStatusLookups
 from npcforge.api.metrics import ApiMetrics, MetricsMiddleware
 from npcforge.api.openapi import Endpoint, build_openapi
 from npcforge.api.origins import PreflightGate
+from npcforge.api.polling import PollPath
 from npcforge.api.routes import ENDPOINTS
 from npcforge.api.start_quota import StartQuota
 from npcforge.config import Settings
@@ -163,8 +162,7 @@ def create_app(
         app.state.storage = storage
         app.state.authenticator = auth
         app.state.start_quota = StartQuota(settings.generate_per_minute)
-        app.state.job_lookups = JobStatusLookups(app.state.pool)
-        app.state.poll_answers = PollAnswers()
+        app.state.poll_path = PollPath(app.state.pool, storage, metrics)
         if freeze_heap:
             settle_heap()
         try:
@@ -172,7 +170,7 @@ def create_app(
         finally:
             if freeze_heap:
                 gc.unfreeze()
-            await app.state.job_lookups.close()
+            await app.state.poll_path.close()
             await auth.close()
             if own_pool:
                 await app.state.pool.close()

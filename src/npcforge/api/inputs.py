@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.requests import Request
 
-from npcforge.api.dto import MAX_BODY_BYTES, UUID_PATTERN, GenerateBody
+from npcforge.api.dto import MAX_BODY_BYTES, GenerateBody
 from npcforge.api.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,29 +41,8 @@ def parse_path(request: Request, model: type[M]) -> M:
         ) from None  # fmt: skip
 
 
-# The pattern the path models validate with, for a whole-string match (`$` in Python's `re` would
-# also accept a trailing newline, which pydantic's pattern does not).
-_UUID_TEXT = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$"))
-_PATH_NAMES: dict[type[BaseModel], tuple[str, ...]] = {}
-
-
 def path_ids(request: Request, model: type[BaseModel]) -> tuple[UUID, ...]:
-    """The path's ids as UUIDs, in the order of `model`'s fields (all UUID text), or its 400.
-
-    Well-formed paths, nearly all of them, take a regular-expression check per id; anything else
-    goes through the model, which names what is wrong.
-    """
-    names = _PATH_NAMES.get(model)
-    if names is None:
-        names = _PATH_NAMES[model] = tuple(
-            field.alias or name for name, field in model.model_fields.items()
-        )
-    params = request.path_params
-    values = [params.get(name) for name in names]
-    if len(params) == len(names) and all(
-        isinstance(value, str) and _UUID_TEXT.fullmatch(value) for value in values
-    ):
-        return tuple(UUID(value) for value in values)
+    """The path's ids as UUIDs, in the order of `model`'s fields (all UUID text), or its 400."""
     parsed = parse_path(request, model)
     return tuple(UUID(getattr(parsed, name)) for name in model.model_fields)
 

@@ -6,9 +6,7 @@ The table `ENDPOINTS` is what both the router and /openapi.json are built from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
 from uuid import UUID
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,10 +20,8 @@ from npcforge.api.dto import (
     GenerateAccepted,
     GenerateBody,
     HealthOut,
-    JobErrorOut,
     JobListOut,
     JobPath,
-    JobStatus,
     JobStatusOut,
     JobSummaryOut,
     ListJobsQuery,
@@ -38,27 +34,11 @@ from npcforge.api.dto import (
 from npcforge.api.errors import NO_STORE, ApiError, npc_not_found
 from npcforge.api.inputs import parse_generate_body, parse_query, path_ids
 from npcforge.api.openapi import Endpoint, Reply
+from npcforge.api.polling import PollPath, job_error_out
+from npcforge.api.replies import JSON, JsonReply
 from npcforge.db.jobs import JobQueue
-from npcforge.errors import StorageError
-from npcforge.storage.base import xml_key
-
-JSON = "application/json"
 
 log = logging.getLogger("npcforge.api")
-
-
-class JsonReply(Response):
-    """A JSON document already in bytes; every such answer carries the same headers."""
-
-    media_type = JSON
-    _fixed_headers: ClassVar[list[tuple[bytes, bytes]]] = [
-        (b"content-type", JSON.encode()),
-        *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
-    ]
-
-    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
-        assert headers is None and isinstance(self.body, bytes)
-        self.raw_headers = [(b"content-length", b"%d" % len(self.body)), *self._fixed_headers]
 
 
 def json_reply(model: BaseModel, status: int = 200) -> Response:
@@ -118,95 +98,9 @@ async def start_generation(request: Request) -> Response:
 # --- GET /api/npcs/{npcId}/generation-jobs/{jobId} ---------------------------------------
 
 
-def job_error_out(error: Any) -> JobErrorOut:
-    """A failed job always has a code and a message, whatever the row holds."""
-    if isinstance(error, dict) and isinstance(error.get("code"), str) and error["code"]:
-        message = error.get("message")
-        return JobErrorOut(
-            code=error["code"], message=message if isinstance(message, str) else error["code"]
-        )
-    return JobErrorOut(code="INTERNAL", message="The job failed without a recorded reason.")
-
-
 async def job_status(request: Request) -> Response:
-    principal = await principal_of(request)
-    npc_id, job_id = path_ids(request, JobPath)
-    parse_query(request, NoQuery)
-    state = request.app.state
-    row = await state.job_lookups.fetch(npc_id)
-    owner = principal.owner_filter()
-    if (
-        row is None
-        or row["deleted_at"] is not None
-        or (owner is not None and row["owner_id"] != owner)
-    ):
-        raise npc_not_found()
-    if row["job_id"] != job_id:
-        raise ApiError(404, "GENERATION_JOB_NOT_FOUND", "Generation job could not be found.")
-    status: JobStatus = row["status"] or "queued"
-    data: bytes | None = None
-    if status == "succeeded":
-        try:
-            data = await state.storage.get(xml_key(npc_id))
-        except StorageError as exc:
-            state.metrics.xml_fetch_failures.inc()
-            raise storage_failure(exc, npc_id, job_id) from None
-        if data is None:
-            raise ApiError(
-                404, "XML_NOT_FOUND",
-                "The generated XML file is missing from storage; start a new generation job.",
-            )  # fmt: skip
-    # Everything the answer is made of besides the NPC's id, which keys it.
-    made_of = (
-        job_id, status, row["content_size_bytes"], row["error"], row["updated_at"],
-        row["attempts"],
-    )  # fmt: skip
-    answer = state.poll_answers.get(npc_id, made_of, data)
-    if answer is None:
-        answer = job_status_answer(npc_id, job_id, row, status, data)
-        state.poll_answers.put(npc_id, made_of, data, answer)
-    return JsonReply(answer)
-
-
-def storage_failure(exc: StorageError, npc_id: UUID, job_id: UUID) -> ApiError:
-    """A failed read of the XML: 503 and "poll again" only when waiting can help; a storage
-    refusal (bucket missing, key refused, …) is 502 and logged, since only an operator can fix it."""
-    code = (exc.details or {}).get("storageCode")
-    extra = {
-        "npc_id": str(npc_id),
-        "job_id": str(job_id),
-        "storage_code": code,
-        "error": exc.message,
-    }
-    if exc.retryable:
-        log.warning("storage unreachable while reading the XML", extra=extra)
-        return ApiError(
-            503, "XML_FETCH_FAILED", "Unable to read generated XML content; try again shortly.",
-            headers={"Retry-After": "5"},
-        )  # fmt: skip
-    log.error("storage refused to return the XML", extra=extra)
-    return ApiError(
-        502, "STORAGE_ERROR",
-        "Storage refused to return the generated XML; polling again will not help until the "
-        "storage set-up is fixed.",
-        details={"storageCode": code},
-    )  # fmt: skip
-
-
-def job_status_answer(
-    npc_id: UUID, job_id: UUID, row: Any, status: JobStatus, data: bytes | None
-) -> bytes:
-    out = JobStatusOut(
-        job_id=job_id,
-        npc_id=npc_id,
-        status=status,
-        xml=data.decode("utf-8", errors="replace") if data is not None else None,
-        content_size_bytes=len(data) if data is not None else None,
-        error=job_error_out(row["error"]) if status == "failed" else None,
-        updated_at=row["updated_at"],
-        attempts=row["attempts"],
-    )
-    return out.__pydantic_serializer__.to_json(out)
+    poll_path: PollPath = request.app.state.poll_path
+    return await poll_path.answer(request, await principal_of(request))
 
 
 # --- GET /api/npcs/{npcId}/generation-jobs -----------------------------------------------

@@ -1,0 +1,139 @@
+"""The poll path: GET /api/npcs/{npcId}/generation-jobs/{jobId}, behind one entry point.
+
+Pollers ask every second or two for as long as a job runs, so this is the API's hot path. Its
+speed-ups live here, each kept because bench/api_bench.py shows it pays (docs/benchmarks.md,
+"What each speed-up of the poll path buys"):
+
+- status reads coalesced into one `id = ANY($1)` query per batch, on connections kept between
+  batches (`npcforge.api.lookups`);
+- answers kept serialized (`npcforge.api.answers`): the row is still read and the object still
+  fetched for every poll; only building and serializing the JSON document is skipped while both
+  are what the kept answer was made from.
+
+Measured and removed (they did not pay): hand-built response headers, a regular-expression
+check of the path ids before the pydantic model. The frozen start-up heap (`settle_heap`) is a
+process-wide step, so `create_app(freeze_heap=True)` still does it for `npcforge api`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from npcforge.api.answers import PollAnswers
+from npcforge.api.auth import Principal
+from npcforge.api.dto import JobErrorOut, JobPath, JobStatus, JobStatusOut, NoQuery
+from npcforge.api.errors import ApiError, npc_not_found
+from npcforge.api.inputs import parse_query, path_ids
+from npcforge.api.lookups import JobStatusLookups
+from npcforge.api.metrics import ApiMetrics
+from npcforge.api.replies import JsonReply
+from npcforge.errors import StorageError
+from npcforge.storage.base import Storage, xml_key
+
+log = logging.getLogger("npcforge.api")
+
+
+class PollPath:
+    """Built in the app's lifespan, one per app; `answer` is what the route calls."""
+
+    def __init__(self, pool: Any, storage: Storage, metrics: ApiMetrics) -> None:
+        self.lookups = JobStatusLookups(pool)
+        self.answers = PollAnswers()
+        self.storage = storage
+        self.metrics = metrics
+
+    async def answer(self, request: Request, principal: Principal) -> Response:
+        npc_id, job_id = path_ids(request, JobPath)
+        parse_query(request, NoQuery)
+        row = await self.lookups.fetch(npc_id)
+        owner = principal.owner_filter()
+        if (
+            row is None
+            or row["deleted_at"] is not None
+            or (owner is not None and row["owner_id"] != owner)
+        ):
+            raise npc_not_found()
+        if row["job_id"] != job_id:
+            raise ApiError(404, "GENERATION_JOB_NOT_FOUND", "Generation job could not be found.")
+        status: JobStatus = row["status"] or "queued"
+        data: bytes | None = None
+        if status == "succeeded":
+            try:
+                data = await self.storage.get(xml_key(npc_id))
+            except StorageError as exc:
+                self.metrics.xml_fetch_failures.inc()
+                raise storage_failure(exc, npc_id, job_id) from None
+            if data is None:
+                raise ApiError(
+                    404, "XML_NOT_FOUND",
+                    "The generated XML file is missing from storage; start a new generation job.",
+                )  # fmt: skip
+        # Everything the answer is made of besides the NPC's id, which keys it.
+        made_of = (
+            job_id, status, row["content_size_bytes"], row["error"], row["updated_at"],
+            row["attempts"],
+        )  # fmt: skip
+        answer = self.answers.get(npc_id, made_of, data)
+        if answer is None:
+            answer = job_status_answer(npc_id, job_id, row, status, data)
+            self.answers.put(npc_id, made_of, data, answer)
+        return JsonReply(answer)
+
+    async def close(self) -> None:
+        await self.lookups.close()
+
+
+def job_error_out(error: Any) -> JobErrorOut:
+    """A failed job always has a code and a message, whatever the row holds."""
+    if isinstance(error, dict) and isinstance(error.get("code"), str) and error["code"]:
+        message = error.get("message")
+        return JobErrorOut(
+            code=error["code"], message=message if isinstance(message, str) else error["code"]
+        )
+    return JobErrorOut(code="INTERNAL", message="The job failed without a recorded reason.")
+
+
+def storage_failure(exc: StorageError, npc_id: UUID, job_id: UUID) -> ApiError:
+    """A failed read of the XML: 503 and "poll again" only when waiting can help; a storage
+    refusal (bucket missing, key refused, …) is 502 and logged, since only an operator can fix it."""
+    code = (exc.details or {}).get("storageCode")
+    extra = {
+        "npc_id": str(npc_id),
+        "job_id": str(job_id),
+        "storage_code": code,
+        "error": exc.message,
+    }
+    if exc.retryable:
+        log.warning("storage unreachable while reading the XML", extra=extra)
+        return ApiError(
+            503, "XML_FETCH_FAILED", "Unable to read generated XML content; try again shortly.",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    log.error("storage refused to return the XML", extra=extra)
+    return ApiError(
+        502, "STORAGE_ERROR",
+        "Storage refused to return the generated XML; polling again will not help until the "
+        "storage set-up is fixed.",
+        details={"storageCode": code},
+    )  # fmt: skip
+
+
+def job_status_answer(
+    npc_id: UUID, job_id: UUID, row: Any, status: JobStatus, data: bytes | None
+) -> bytes:
+    out = JobStatusOut(
+        job_id=job_id,
+        npc_id=npc_id,
+        status=status,
+        xml=data.decode("utf-8", errors="replace") if data is not None else None,
+        content_size_bytes=len(data) if data is not None else None,
+        error=job_error_out(row["error"]) if status == "failed" else None,
+        updated_at=row["updated_at"],
+        attempts=row["attempts"],
+    )
+    return out.__pydantic_serializer__.to_json(out)
