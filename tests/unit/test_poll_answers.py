@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from npcforge.api.answers import PollAnswers
+from npcforge.api.polling import PollAnswers
 
 STATE = ("succeeded", 12, None, "2026-11-25T10:00:00Z", 1)
 
