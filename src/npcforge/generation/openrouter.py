@@ -135,22 +135,23 @@ class OpenRouterProvider:
                 stats.model = self._settings.openrouter_model
             if account is not None:
                 account.add(stats)
-        log.info(
-            "openrouter generation done",
-            extra={
-                "npc_id": str(npc.id),
-                "repair": repair is not None,
-                "model": stats.model,
-                "generation_id": stats.generation_id,
-                "request_id": stats.request_id,
-                "prompt_tokens": stats.prompt_tokens,
-                "completion_tokens": stats.completion_tokens,
-                "cost": stats.cost,
-                "retries": stats.retries,
-                "upstream_ms": round(stats.upstream_ms, 1),
-                "xml_bytes": len(xml.encode("utf-8", "surrogatepass")),
-            },
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the job's own line at info carries the outcome
+            log.debug(
+                "openrouter generation done",
+                extra={
+                    "npc_id": str(npc.id),
+                    "repair": repair is not None,
+                    "model": stats.model,
+                    "generation_id": stats.generation_id,
+                    "request_id": stats.request_id,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                    "cost": stats.cost,
+                    "retries": stats.retries,
+                    "upstream_ms": round(stats.upstream_ms, 1),
+                    "xml_bytes": len(xml.encode("utf-8", "surrogatepass")),
+                },
+            )
         return Generated(xml=xml, stats=stats)
 
     @property
