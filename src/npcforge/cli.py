@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from npcforge import __version__
+from npcforge import __version__, speedups
 from npcforge.api.dto import json_document
 from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.connect import connect
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        code: int = asyncio.run(args.run(settings, args))
+        code: int = speedups.run(args.run(settings, args), event_loop=settings.event_loop)
         return code
     except (ConfigError, UsageError, ImportError_, MigrationError) as exc:
         return _fail(exc, EXIT_USAGE)
