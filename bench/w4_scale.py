@@ -24,7 +24,7 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
     standin = h.start_standin(wd, args.min_ms, args.max_ms - args.min_ms)
     results = []
     try:
-        await d.warm(cluster, standin, args.jobs)
+        # No warm-up: at 2-8 s a request it would take minutes, and upstream time dominates here.
         for run in range(args.runs):
             for name in args.contenders:
                 contender, processes = SHAPES[name]
