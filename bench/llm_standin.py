@@ -1,18 +1,12 @@
 """An LLM stand-in in its own process: OpenAI-style chat completions on 127.0.0.1.
 
-Every contender in the benchmarks talks to this process instead of OpenRouter. It answers
-`POST …/chat/completions` after `--delay-ms` with a valid Jiddo XML for the NPC whose record the
-prompt carries (the `<npc_record>` JSON that npcforge's prompt builder embeds), wrapped the way
-the structured-output schema asks: `{"xml": "…"}` as the message content.
-
-Built to stay out of the way on a 2-core machine: aiohttp's low-level server (no router),
-uvloop, orjson, and a cache of finished response bodies keyed by the record text, so a repeat
-request costs one JSON parse and one dict lookup. Run it once to see its own CPU cost:
+Answers `POST …/chat/completions` after `--delay-ms` (plus a uniform draw from `--spread-ms`)
+with a valid Jiddo XML for the NPC whose `<npc_record>` the prompt carries, as `{"xml": …}`.
+aiohttp's low-level server, uvloop, orjson and a cache of finished bodies keep it out of the way
+(its CPU per request is in every report). `GET /_bench/stats`, `GET /_bench/arrivals`
+(`[[unix_time, npc_name], …]`), `POST /_bench/reset`.
 
     python bench/llm_standin.py --port 8787 --delay-ms 0
-
-Bench endpoints: `GET /_bench/stats` (requests served, own CPU seconds), `GET /_bench/arrivals`
-(`[[unix_time, npc_name], …]`, the moment each request's body was read), `POST /_bench/reset`.
 """
 
 from __future__ import annotations
@@ -20,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -27,34 +22,29 @@ import time
 from pathlib import Path
 
 import orjson
+import uvloop
 from aiohttp import web
 
 from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN
 from npcforge.generation.xmlrules import render_npc_xml
 
-# The test suite's OpenRouter stand-in already turns the prompt's record back into an NpcRecord.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from standins.openrouter import record_from_prompt
+from standins.openrouter import record_from_prompt  # the test suite's record parser
 
 
 class StandIn:
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    def __init__(self, delay: float, spread: float) -> None:
+        self.delay, self.spread = delay, spread
         self.served = 0
         self.arrivals: list[tuple[float, str]] = []
-        self._answers: dict[str, tuple[bytes, str]] = {}
-        self._seq = 0
+        self.answers: dict[str, tuple[bytes, str]] = {}
 
-    def _answer(self, record_text: str, model: str) -> tuple[bytes, str]:
-        cached = self._answers.get(record_text)
-        if cached is not None:
-            return cached
-        npc = record_from_prompt(f"{RECORD_OPEN}{record_text}{RECORD_CLOSE}")
-        xml = render_npc_xml(npc)
-        content = orjson.dumps({"xml": xml}).decode()
-        body = orjson.dumps(
-            {
-                "id": f"gen-bench-{len(self._answers)}",
+    def answer(self, record_text: str, model: str) -> tuple[bytes, str]:
+        if record_text not in self.answers:
+            npc = record_from_prompt(f"{RECORD_OPEN}{record_text}{RECORD_CLOSE}")
+            content = orjson.dumps({"xml": render_npc_xml(npc)}).decode()
+            body = {
+                "id": f"gen-bench-{len(self.answers)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
@@ -67,60 +57,48 @@ class StandIn:
                 ],
                 "usage": {"prompt_tokens": 1500, "completion_tokens": 300, "total_tokens": 1800},
             }
-        )
-        answer = (body, npc.name)
-        self._answers[record_text] = answer
-        return answer
+            self.answers[record_text] = (orjson.dumps(body), npc.name)
+        return self.answers[record_text]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if request.method == "POST" and path.endswith("/chat/completions"):
-            raw = await request.read()
+        if request.method == "POST" and request.path.endswith("/chat/completions"):
+            payload = orjson.loads(await request.read())
             arrived = time.time()
-            payload = orjson.loads(raw)
-            record_text = None
-            for message in payload.get("messages") or ():
-                content = message.get("content")
-                if isinstance(content, str) and RECORD_OPEN in content:
-                    start = content.index(RECORD_OPEN) + len(RECORD_OPEN)
-                    record_text = content[start : content.index(RECORD_CLOSE, start)].strip()
-                    break
-            if record_text is None:
-                return web.Response(
-                    status=400,
-                    body=b'{"error":{"code":400,"message":"no <npc_record> in the prompt"}}',
-                    content_type="application/json",
-                )
-            body, name = self._answer(record_text, str(payload.get("model") or "bench/standin"))
+            texts = [str(m.get("content")) for m in payload.get("messages") or ()]
+            text = next((t for t in texts if RECORD_OPEN in t), None)
+            if text is None:
+                body = b'{"error":{"code":400,"message":"no <npc_record> in the prompt"}}'
+                return web.Response(status=400, body=body, content_type="application/json")
+            start = text.index(RECORD_OPEN) + len(RECORD_OPEN)
+            record = text[start : text.index(RECORD_CLOSE, start)].strip()
+            body, name = self.answer(record, str(payload.get("model") or "bench/standin"))
             self.arrivals.append((arrived, name))
-            if self.delay > 0:
-                await asyncio.sleep(self.delay)
+            wait = self.delay + (random.uniform(0, self.spread) if self.spread else 0.0)
+            if wait > 0:
+                await asyncio.sleep(wait)
             self.served += 1
             return web.Response(body=body, content_type="application/json")
-        if path == "/_bench/stats":
+        if request.path == "/_bench/stats":
             times = os.times()
-            return web.json_response(
-                {"served": self.served, "cpu_s": times.user + times.system, "pid": os.getpid()}
-            )
-        if path == "/_bench/arrivals":
+            stats = {"served": self.served, "cpu_s": times.user + times.system}
+            return web.Response(body=orjson.dumps(stats), content_type="application/json")
+        if request.path == "/_bench/arrivals":
             return web.Response(body=orjson.dumps(self.arrivals), content_type="application/json")
-        if path == "/_bench/reset" and request.method == "POST":
-            self.served = 0
-            self.arrivals = []
-            return web.json_response({"ok": True})
+        if request.path == "/_bench/reset":
+            self.served, self.arrivals = 0, []
+            return web.Response(body=b"{}", content_type="application/json")
         return web.Response(status=404)
 
 
-async def serve(host: str, port: int, delay: float) -> None:
-    standin = StandIn(delay)
-    server = web.Server(standin.handle, access_log=None)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+async def serve(args: argparse.Namespace) -> None:
+    server = web.Server(StandIn(args.delay_ms / 1000, args.spread_ms / 1000).handle)
+    sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock.bind((args.host, args.port))
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(server, sock=sock, backlog=1024)
-    bound = listener.sockets[0].getsockname()
-    print(f"LISTENING http://{bound[0]}:{bound[1]}", flush=True)
+    listener = await loop.create_server(server, sock=sock, backlog=4096)
+    host, port = listener.sockets[0].getsockname()[:2]
+    print(f"LISTENING http://{host}:{port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -129,22 +107,10 @@ async def serve(host: str, port: int, delay: float) -> None:
     await server.shutdown(1.0)
 
 
-def main(argv: list[str] | None = None) -> int:
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer after this long")
-    parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio event loop")
-    args = parser.parse_args(argv)
-    coro = serve(args.host, args.port, args.delay_ms / 1000.0)
-    if args.no_uvloop:
-        asyncio.run(coro)
-    else:
-        import uvloop
-
-        uvloop.run(coro)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--spread-ms", type=float, default=0.0)
+    uvloop.run(serve(parser.parse_args()))

@@ -1,27 +1,34 @@
 """W1 throughput: N NPCs queued by one UPDATE, instant stand-in, one worker process.
 
-    python bench/w1_throughput.py [--runs 3] [--jobs 5000] [--concurrency 20 50] [--profile]
+    python bench/w1_throughput.py [--runs 3] [--jobs 5000] [--concurrency 20 50]
+        [--contenders npcforge pgqueuer noqueue] [--stats none analyzed]
+        [--variant NAME:VAR=VALUE,...] [--profile]
 
-For each run and concurrency: npcforge (the real `python -m npcforge worker`: openrouter provider
-pointed at the stand-in, validation, filesystem storage, attempt rows, fenced finalize) without
-and with ANALYZE after the bulk insert of the NPC rows; PGQueuer doing the minimal equivalent
-body; npcforge's job body with no queue. Jobs/s from the enqueue's commit to the last durable
-completion; worker/PostgreSQL/stand-in CPU per job; statements per job; the worker's peak RSS.
-`--profile` adds one npcforge run under py-spy and summarises where the worker's time goes.
-Results: stdout, bench/results/w1-*.json and the W1 section of docs/benchmarks.md.
+Per run and concurrency, interleaved: `npcforge worker` as shipped (without and with ANALYZE
+after the bulk insert), PGQueuer's minimal body, npcforge's body with no queue. `--variant`
+adds npcforge runs with extra environment variables (e.g. `nolog:NPCFORGE_LOG_LEVEL=warning`);
+`--profile` one more npcforge run under py-spy (bench/results/w1-profile.txt).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from collections import Counter
 from typing import Any
 
+import _drain as d
 import _harness as h
-import _throughput as t
-from _profile import summarise
 
 CONTENDERS = ("npcforge", "pgqueuer", "noqueue")
+
+
+def variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    out: list[tuple[str, dict[str, str]]] = [("default", {})]
+    for spec in args.variant:
+        name, _, pairs = spec.partition(":")
+        env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+        out.append((name, {**env, "BENCH_VARIANT": name}))
+    return out
 
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
@@ -29,136 +36,115 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
     wd = h.workdir("w1")
     standin = h.start_standin(wd, args.delay_ms)
     results: list[dict[str, Any]] = []
-    profile_text = None
+    profile = None
     try:
-        dsn = await h.create_database(cluster, "warm")
-        conn = await h.harness_connection(dsn)
-        await h.make_npcs(conn, args.jobs)
-        await t.warm_standin(standin, await t.prompt_records(conn))
-        await conn.close()
-        await h.drop_database(cluster, "warm")
-
+        await d.warm(cluster, standin, args.jobs)
         for run in range(args.runs):
             for concurrency in args.concurrency:
                 for contender in args.contenders:
-                    variants = (
-                        [(s, v) for v in args.npcforge_variants for s in args.stats]
-                        if contender == "npcforge"
-                        else [("none", "default")]
-                    )
-                    for index, (stats, variant) in enumerate(variants):
-                        tag = f"r{run}_c{concurrency}_{contender}_{stats}_{index}"
-                        h.say(
-                            f"w1: run {run + 1}/{args.runs} {contender} c={concurrency} {stats}"
-                            f" {variant}"
+                    plans = [(s, v) for s in args.stats for v in variants(args)]
+                    for i, (stats, (_, env)) in enumerate(
+                        plans if contender == "npcforge" else plans[:1]
+                    ):
+                        result = await d.drain(
+                            cluster,
+                            standin,
+                            wd,
+                            contender,
+                            jobs=args.jobs,
+                            concurrency=concurrency,
+                            tag=f"r{run}c{concurrency}{contender}{i}",
+                            analyze=stats == "analyzed",
+                            env=env,
                         )
-                        if contender == "npcforge":
-                            result = await t.run_npcforge(
-                                cluster, standin, wd, jobs=args.jobs, concurrency=concurrency,
-                                analyze=stats == "analyzed", tag=tag, variant=variant,
-                            )  # fmt: skip
-                        elif contender == "pgqueuer":
-                            result = await t.run_pgqueuer(
-                                cluster, standin, wd, jobs=args.jobs, concurrency=concurrency,
-                                tag=tag,
-                            )  # fmt: skip
-                        else:
-                            result = await t.run_noqueue(
-                                cluster, standin, wd, jobs=args.jobs, concurrency=concurrency,
-                                tag=tag,
-                            )  # fmt: skip
-                        result["run"] = run
-                        results.append(result)
-                        h.say(f"    {t.one_line(result)}")
-
+                        results.append({**result, "run": run})
+                        h.say(d.one_line(result))
         if args.profile:
-            path = wd / "w1-profile.raw"
-            concurrency = args.concurrency[0]
-            h.say(f"w1: profiling npcforge c={concurrency} under py-spy")
-            result = await t.run_npcforge(
-                cluster, standin, wd, jobs=args.jobs, concurrency=concurrency, analyze=False,
-                tag="profile", profile=path,
-            )  # fmt: skip
-            h.say(f"    {t.one_line(result)} (under py-spy, not counted)")
-            if path.exists():
-                profile_text = summarise(path, rate=250, jobs=args.jobs)
-                h.RESULTS_DIR.mkdir(exist_ok=True)
-                (h.RESULTS_DIR / "w1-profile.txt").write_text(profile_text + "\n")
-                (h.RESULTS_DIR / "w1-profile.raw").write_bytes(path.read_bytes())
-            else:
-                h.say("    py-spy wrote no profile (see its log in the work dir)")
+            profile = await run_profile(cluster, standin, wd, args)
     finally:
         standin.stop()
         h.remove_workdir(wd)
-    return {"results": results, "profile": profile_text, "workdir": str(wd)}
+    note = (
+        f"Workload: {args.jobs} NPCs (no shop, no keywords) queued by one UPDATE while the "
+        f"worker is idle; stand-in delay {args.delay_ms:g} ms; {args.runs} run(s) per row, "
+        "median (min–max)"
+    )
+    return {"results": results, "profile": profile, "notes": [note]}
 
 
-def report(
-    cluster: h.Cluster | None,
-    args: argparse.Namespace,
-    data: dict[str, Any],
-    environment: str | None = None,
+async def run_profile(
+    cluster: h.Cluster, standin: h.Process, wd: Any, args: argparse.Namespace
 ) -> str:
-    results = data["results"]
-    lines = [
-        "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
-        "absolute numbers across runs.",
+    """One npcforge run under py-spy (250 Hz, GIL samples): self time by function."""
+    raw = wd / "profile.txt"
+    h.say("w1: one npcforge run under py-spy (not counted)")
+    await d.drain(
+        cluster,
+        standin,
+        wd,
+        "npcforge",
+        jobs=args.jobs,
+        concurrency=args.concurrency[0],
+        tag="profile",
+        env={"BENCH_PYSPY": str(raw)},
+    )
+    selfs: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        frame = stack.split(";")[-1]
+        selfs[frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1]] += int(count)
+        total += int(count)
+    lines = [f"{n / total:6.1%}  {frame}" for frame, n in selfs.most_common(40)] if total else []
+    text = "\n".join(lines) or "py-spy wrote no profile"
+    h.RESULTS_DIR.mkdir(exist_ok=True)
+    (h.RESULTS_DIR / "w1-profile.txt").write_text(text + "\n")
+    return text
+
+
+def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
+    parts = [
+        h.NOTE,
         "",
-        environment
-        or h.environment_block(
-            cluster,
-            [
-                f"Workload: {args.jobs} NPCs (small: no shop, no keywords) queued by one UPDATE "
-                f"while the worker is idle; stand-in delay {args.delay_ms:g} ms; "
-                f"{args.runs} run(s) per row, median (min–max)",
-            ],
-        ),
+        data["environment"],
         "",
-        t.results_table(results),
+        d.results_table(data["results"]),
         "",
-        t.ratios(results, key="jobs_per_s", higher_is_better=True),
+        d.ratios(data["results"], "jobs_per_s", higher_is_better=True),
         "",
-        t.method_notes(),
+        "How it is measured (`bench/_drain.py`):",
+        "",
+        d.METHOD,
+        "",
+        d.statement_table(data["results"]),
     ]
-    statements = t.statement_breakdown(results)
-    if statements:
-        lines += ["", statements]
     if data.get("profile"):
-        lines += [
+        parts += [
             "",
-            f"Profile of one npcforge run (concurrency {args.concurrency[0]}, py-spy at 250 Hz, GIL-holding samples only, "
-            "non-blocking; `bench/results/w1-profile.txt` has the full summary):",
+            "Worker profile, self time by function (py-spy, GIL held):",
             "",
             "```",
-            "\n".join(data["profile"].splitlines()[:50]),
+            "\n".join(data["profile"].splitlines()[:25]),
             "```",
         ]
-    return "\n".join(lines)
+    return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[20, 50])
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
-    parser.add_argument(
-        "--stats", nargs="+", choices=["none", "analyzed"], default=["none", "analyzed"]
-    )
-    parser.add_argument(
-        "--npcforge-variants",
-        nargs="+",
-        default=["default"],
-        help="'default' (`npcforge worker` as shipped) and/or knob sets for "
-        "bench/_experiment_worker.py, e.g. pool=20+noreset+uvloop",
-    )
-    parser.add_argument("--profile", action="store_true", help="one more npcforge run under py-spy")
-    t.add_common_options(parser)
-    args = parser.parse_args(argv)
-
-    return t.run_script("w1", "W1 throughput (one worker, instant upstream)", args, measure, report)
+def parser(doc: str, jobs: int, concurrency: list[int], delay_ms: float) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=jobs)
+    p.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    p.add_argument("--delay-ms", type=float, default=delay_ms)
+    p.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    p.add_argument("--stats", nargs="+", choices=["none", "analyzed"], default=["none"])
+    p.add_argument("--variant", nargs="*", default=[], help="NAME:VAR=VALUE,… (npcforge env)")
+    p.add_argument("--profile", action="store_true")
+    h.common_options(p)
+    return p
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    args = parser(__doc__ or "", 5000, [20, 50], 0.0).parse_args()
+    title = "W1 throughput (one worker, instant upstream)"
+    h.run_script("w1", title, args, measure, report)

@@ -25,6 +25,9 @@ from npcforge.db.migrate import migrate
 from npcforge.embedded import EmbeddedPostgres, temporary_postgres
 from npcforge.importer import insert_npc, parse_npc, sample_npc_data
 from npcforge.logs import JsonFormatter
+from npckit import make_npcs
+
+__all__ = ["make_npcs"]  # the kit is imported from here by the tests
 
 TEMPLATE_DB = "npcforge_template"
 _counter = itertools.count()
@@ -96,28 +99,6 @@ def sample_data(**changes: Any) -> dict[str, Any]:
 
 async def make_npc(conn: Any, **changes: Any) -> uuid.UUID:
     return await insert_npc(conn, parse_npc(sample_data(**changes)))
-
-
-async def make_npcs(conn: Any, count: int, *, simple: bool = True) -> list[uuid.UUID]:
-    """Many NPCs fast: one set-based INSERT of small NPCs (no shop, no keywords)."""
-    owner = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO profiles (id, display_name) VALUES ($1, $2)", owner, f"bulk {owner}"
-    )
-    rows = await conn.fetch(
-        """
-        INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type,
-          look_type_id, greet_message, farewell_message, decline_message, no_shop_message,
-          on_close_shop_message)
-        SELECT $1, 'Guard ' || g, 2000, 100, 100, 'monster', 21, 'Halt, |PLAYERNAME|!',
-          'Move along.', 'No.', 'No shop.', 'Bye.'
-          FROM generate_series(1, $2) AS g
-        RETURNING id
-        """,
-        owner,
-        count,
-    )
-    return [row["id"] for row in rows]
 
 
 async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:

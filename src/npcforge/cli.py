@@ -8,7 +8,6 @@ failure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import uuid
@@ -17,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from npcforge import __version__
+from npcforge import __version__, speedups
 from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.migrate import MigrationError
 from npcforge.exits import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
@@ -214,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        code: int = asyncio.run(_resolve(args.run)(settings, args))
+        code: int = speedups.run(_resolve(args.run)(settings, args), event_loop=settings.event_loop)
         return code
     except (ConfigError, UsageError, ImportError_, MigrationError) as exc:
         return _fail(exc, EXIT_USAGE)

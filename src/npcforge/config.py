@@ -201,6 +201,10 @@ class Settings(BaseSettings):
         default="info", alias="NPCFORGE_LOG_LEVEL"
     )
     log_format: Literal["json", "text"] | None = Field(default=None, alias="NPCFORGE_LOG_FORMAT")
+    # `auto`: uvloop when it is installed (the `fast` extra), else asyncio's own loop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", alias="NPCFORGE_EVENT_LOOP"
+    )
     home: Path = Field(default=Path("./.npcforge"), alias="NPCFORGE_HOME")
     # Set by systemd for Type=notify services.
     notify_socket: str | None = Field(default=None, alias="NOTIFY_SOCKET")
@@ -213,7 +217,14 @@ class Settings(BaseSettings):
         return _split_csv(value)
 
     @field_validator(
-        "log_level", "log_format", "provider", "storage", "auth", "db_pooler", mode="before"
+        "log_level",
+        "log_format",
+        "event_loop",
+        "provider",
+        "storage",
+        "auth",
+        "db_pooler",
+        mode="before",
     )
     @classmethod
     def _lower(cls, value: object) -> object:

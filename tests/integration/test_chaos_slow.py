@@ -1,8 +1,8 @@
-"""The chaos suite (bench/chaos) as a slow test: under a W1-style load (two workers, a 50 ms
+"""The chaos suite (bench/chaos.py) as a slow test: under a W1-style load (two workers, a 50 ms
 LLM stand-in, thousands of jobs), a worker SIGKILLed mid-load and PostgreSQL crashing (`pg_ctl
 stop -m immediate`, 5 s down) must lose no job and publish none twice. The suite itself checks
 every row, attempt row, model call and upload, and exits 1 on any breach; the full set of
-scenarios is `python bench/chaos/run.py` (about 7 minutes), reported in docs/reliability.md."""
+scenarios is `python bench/chaos.py` (about 7 minutes), reported in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(900)
 def test_killed_worker_and_crashed_postgres_under_load_lose_nothing() -> None:
     command = [
-        sys.executable, str(ROOT / "bench" / "chaos" / "run.py"),
+        sys.executable, str(ROOT / "bench" / "chaos.py"),
         "--scenarios", "kill-one", "pg-restart-immediate", "--no-docs",
     ]  # fmt: skip
     run = subprocess.run(

@@ -9,6 +9,7 @@ upstream received, and that storage holds a file only for a success.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -458,3 +459,17 @@ async def test_a_second_bad_answer_fails_the_job(conn, db_dsn, storage_dir):
     assert [(a["outcome"], a["error_code"]) for a in run.attempts] == [("failed", "AI_INVALID_XML")]
     assert run.last["prompt_tokens"] == 2 * TOKENS[0]
     assert run.last["model"] == MODEL
+
+
+async def test_a_successful_job_logs_one_info_line(
+    conn: Any, db_dsn: str, storage_dir: Path, logs: Any
+) -> None:
+    """At the default level a job that succeeds writes one line (`job succeeded`); the claim and
+    the model call's details are at debug (issue 19: logging was a tenth of the worker's CPU)."""
+    logging.getLogger("npcforge").setLevel(logging.INFO)
+    run = await run_job(conn, db_dsn, storage_dir, responder=lambda r: xml_reply(correct_xml(r)))
+    assert run.status == "succeeded"
+    npc_id = str(run.last["npc_id"])
+    # The fixture listens on the root and on npcforge's logger: a record may arrive twice.
+    about_job = [json.loads(line) for line in dict.fromkeys(logs.lines) if npc_id in line]
+    assert [line["msg"] for line in about_job] == ["job succeeded"], about_job

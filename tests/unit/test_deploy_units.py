@@ -68,6 +68,7 @@ EXTRA_VARIABLES: dict[str, object] = {
     "NPCFORGE_HOME": "./.npcforge",
     "NPCFORGE_DB_POOLER": "none",
     "DATABASE_LISTEN_URL": "",
+    "NPCFORGE_EVENT_LOOP": "auto",
 }
 KNOWN_VARIABLES = {**SPEC_VARIABLES, **EXTRA_VARIABLES}
 SECRETS = (

@@ -21,7 +21,6 @@ completions or XML.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from npcforge import speedups
 from npcforge.backoff import backoff, parse_retry_after
 from npcforge.config import Settings
 from npcforge.errors import AiInvalidXml, AiRefused, AiUpstream, JobError, LimitExceeded
@@ -135,22 +135,23 @@ class OpenRouterProvider:
                 stats.model = self._settings.openrouter_model
             if account is not None:
                 account.add(stats)
-        log.info(
-            "openrouter generation done",
-            extra={
-                "npc_id": str(npc.id),
-                "repair": repair is not None,
-                "model": stats.model,
-                "generation_id": stats.generation_id,
-                "request_id": stats.request_id,
-                "prompt_tokens": stats.prompt_tokens,
-                "completion_tokens": stats.completion_tokens,
-                "cost": stats.cost,
-                "retries": stats.retries,
-                "upstream_ms": round(stats.upstream_ms, 1),
-                "xml_bytes": len(xml.encode("utf-8", "surrogatepass")),
-            },
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the job's own line at info carries the outcome
+            log.debug(
+                "openrouter generation done",
+                extra={
+                    "npc_id": str(npc.id),
+                    "repair": repair is not None,
+                    "model": stats.model,
+                    "generation_id": stats.generation_id,
+                    "request_id": stats.request_id,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                    "cost": stats.cost,
+                    "retries": stats.retries,
+                    "upstream_ms": round(stats.upstream_ms, 1),
+                    "xml_bytes": len(xml.encode("utf-8", "surrogatepass")),
+                },
+            )
         return Generated(xml=xml, stats=stats)
 
     @property
@@ -271,6 +272,7 @@ class OpenRouterProvider:
         headers = {
             "Authorization": f"Bearer {self._key}",
             "Accept": "application/json",
+            "Content-Type": "application/json",
         }
         if self._settings.app_url:
             headers["HTTP-Referer"] = self._settings.app_url
@@ -298,7 +300,7 @@ class OpenRouterProvider:
         retry_after: float | None = None
         try:
             async with session.post(
-                self._url, json=body, headers=self._headers(), timeout=timeout
+                self._url, data=speedups.json_bytes(body), headers=self._headers(), timeout=timeout
             ) as response:
                 status = response.status
                 request_id = self._clean(response.headers.get("x-request-id"))
@@ -500,7 +502,7 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 def _json_or_none(raw: bytes) -> object:
     try:
-        return json.loads(raw)
+        return speedups.json_value(raw)
     except ValueError:
         return None
 
