@@ -28,6 +28,8 @@ from npcforge.api.origins import PreflightGate
 from npcforge.api.routes import ENDPOINTS
 from npcforge.api.start_quota import StartQuota
 from npcforge.config import Settings
+from npcforge.console.routes import console_mount
+from npcforge.console.state import start_console
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.heap import settle_heap
 from npcforge.storage.base import Storage
@@ -165,6 +167,9 @@ def create_app(
         app.state.start_quota = StartQuota(settings.generate_per_minute)
         app.state.job_lookups = JobStatusLookups(app.state.pool)
         app.state.poll_answers = PollAnswers()
+        app.state.console = start_console(
+            settings, app.state.pool, open_access=not auth.requires_token
+        )
         if freeze_heap:
             settle_heap()
         try:
@@ -172,6 +177,7 @@ def create_app(
         finally:
             if freeze_heap:
                 gc.unfreeze()
+            await app.state.console.close()
             await app.state.job_lookups.close()
             await auth.close()
             if own_pool:
@@ -184,7 +190,7 @@ def create_app(
         Exception: _unexpected,
     }
     app = Starlette(
-        routes=build_routes(),
+        routes=[*build_routes(), *console_mount()],
         middleware=build_middleware(settings, metrics),
         lifespan=lifespan,
         exception_handlers=handlers,

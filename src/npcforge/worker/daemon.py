@@ -35,8 +35,8 @@ from npcforge.worker.claims import Claim, Outcome, log_fields
 from npcforge.worker.inflight import InFlight
 from npcforge.worker.leases import Leases
 from npcforge.worker.listener import Listener
-from npcforge.worker.sdnotify import SystemdNotifier
 from npcforge.worker.presence import Presence
+from npcforge.worker.sdnotify import SystemdNotifier
 from npcforge.worker.supervisor import Supervisor, loop_backoff
 
 log = logging.getLogger("npcforge.worker")
