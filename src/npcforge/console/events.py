@@ -102,6 +102,18 @@ class EventHub:
         self.subscriptions.add(subscription)
         return subscription
 
+    async def catch_up(self, subscription: Subscription, since: datetime) -> None:
+        """Hand `subscription` the changes after `since` that it wants (a page rendered before
+        the browser subscribed must not miss what happened in between)."""
+        rows = await self.reads.job_changes(since=since, limit=MAX_CHANGES_PER_READ)
+        for row in rows:
+            if subscription.wants(row):
+                try:
+                    subscription.queue.put_nowait(change_event(row))
+                except asyncio.QueueFull:
+                    subscription.overflowed = True
+                    return
+
     def unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
 

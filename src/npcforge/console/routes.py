@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
@@ -43,6 +43,7 @@ from npcforge.errors import ERROR_CODES, StorageError
 from npcforge.storage.base import xml_key
 
 PAGE_SIZE = 50
+CATCH_UP = timedelta(minutes=1)
 STATUSES = ("queued", "processing", "succeeded", "failed")
 HTML_HEADERS = {
     "Cache-Control": "no-store",
@@ -274,7 +275,11 @@ async def events(request: Request, principal: Principal) -> Response:
         npc_id = UUID(npc) if npc else None
     except ValueError:
         raise Problem(400, "npc must be an NPC id.") from None
+    since = _since(request.query_params.get("since"))
     subscription = hub.subscribe(principal.owner_filter(), npc_id)
+    if since is not None:
+        # What changed between the page's rendering and this subscription.
+        await hub.catch_up(subscription, since)
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -295,6 +300,19 @@ async def events(request: Request, principal: Principal) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream", headers={
         "Cache-Control": "no-store", "X-Accel-Buffering": "no",
     })  # fmt: skip
+
+
+def _since(text: str | None) -> datetime | None:
+    """The page's rendering time, at most a minute back."""
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise Problem(400, "since must be an ISO 8601 time.") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return max(at, datetime.now(UTC) - CATCH_UP)
 
 
 # --- actions -------------------------------------------------------------------------------

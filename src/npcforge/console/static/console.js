@@ -5,7 +5,9 @@
   var mode = main && main.getAttribute("data-live");
   if (!mode || !window.EventSource) return;
   var npc = main.getAttribute("data-npc");
-  var url = "/console/events" + (npc ? "?npc=" + encodeURIComponent(npc) : "");
+  var query = "since=" + encodeURIComponent(main.getAttribute("data-since") || "");
+  if (npc) query += "&npc=" + encodeURIComponent(npc);
+  var url = "/console/events?" + query;
   var source = new EventSource(url);
   var live = document.getElementById("live");
   source.addEventListener("open", function () { if (live) live.hidden = false; });
