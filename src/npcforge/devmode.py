@@ -169,6 +169,7 @@ async def _serve_dev(
         if not running.done():
             url = cli_database_url(pg.dsn)
             say(f"npcforge dev: data in {home}, API on http://{host}:{port}")
+            say(f"  console: http://{host}:{port}/console")
             say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
             say(f"  export DATABASE_URL='{url}'   # for npcforge status, jobs, enqueue, ...")
             say(f"  psql '{url}'")
