@@ -10,7 +10,7 @@
 --   event with transition tables, and a constant payload, so PostgreSQL folds every
 --   notification of a transaction into one, however many rows it changed (as for enqueue).
 --   Lease renewals and other bookkeeping change no state and notify nothing.
--- * Indexes for the console's bounded reads: jobs by last change, attempts by finish time.
+-- * Indexes for the console's bounded reads: jobs by last change, by status, by name prefix.
 --
 -- On Supabase the new tables have row level security on and no policy, and anon and
 -- authenticated hold no privilege on them: only the owner and the service role read them.
@@ -39,14 +39,15 @@ CREATE INDEX IF NOT EXISTS idx_npc_xml_versions_npc ON npc_xml_versions (npc_id,
 
 -- The jobs list, newest change first, and the console's "what changed since" read.
 CREATE INDEX IF NOT EXISTS idx_npcs_job_updated
-  ON npcs (generation_job_updated_at DESC, id DESC) WHERE generation_job_status IS NOT NULL;
--- Failed jobs by error code (the overview's groups, the list's filter).
-CREATE INDEX IF NOT EXISTS idx_npcs_job_failed_code
-  ON npcs ((generation_job_error ->> 'code'), generation_job_updated_at DESC)
-  WHERE generation_job_status = 'failed';
--- Jobs finished over the last hour and day.
-CREATE INDEX IF NOT EXISTS idx_npc_generation_attempts_finished
-  ON npc_generation_attempts (finished_at DESC);
+  ON npcs (generation_job_updated_at DESC, id DESC)
+  WHERE generation_job_status IS NOT NULL AND deleted_at IS NULL;
+-- Jobs of one status by last change: capped counts (index-only), finished over the last hour
+-- and day, the newest failures, the list filtered by status.
+CREATE INDEX IF NOT EXISTS idx_npcs_job_status_updated
+  ON npcs (generation_job_status, generation_job_updated_at DESC) WHERE deleted_at IS NULL;
+-- The list's "name starts with" filter.
+CREATE INDEX IF NOT EXISTS idx_npcs_name_prefix
+  ON npcs (lower(name) text_pattern_ops) WHERE deleted_at IS NULL;
 
 CREATE OR REPLACE FUNCTION npcforge_notify_job_events() RETURNS trigger
 LANGUAGE plpgsql SET search_path = public

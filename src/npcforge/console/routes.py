@@ -372,8 +372,10 @@ async def retry_failed(request: Request, principal: Principal) -> Response:
     if fields.get("confirm") != "yes":
         overview_ = await ConsoleReads(request.app.state.pool).overview(owner=None)
         matching = [f for f in overview_.failures if code is None or f["code"] == code]
+        seen = sum(f["jobs"] for f in overview_.failures)
         return render(request, principal, "confirm.html", {
-            "code": code, "matching": sum(f["jobs"] for f in matching), "cap": overview_.cap,
+            "code": code, "matching": sum(f["jobs"] for f in matching),
+            "more": seen >= overview_.failures_cap,
         })  # fmt: skip
     rows = await queue.retry_failed(code=code)
     query = urlencode({"status": "queued", "retried": str(len(rows))})

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,17 +17,20 @@ Row = Mapping[str, Any]
 
 # Counts on the overview stop here; the page shows "10000+".
 COUNT_CAP = 10_000
+# The overview groups the newest this many failed jobs by error code.
+FAILURES_CAP = 1_000
 
 
 @dataclass(frozen=True, slots=True)
 class Overview:
     status_counts: dict[str, int]
-    finished: dict[tuple[str, str], int]  # (hour|day, succeeded|failed) -> attempts
-    failures: list[Row]
+    finished: dict[tuple[str, str], int]  # (hour|day, succeeded|failed) -> jobs
+    failures: list[Row]  # by error code, from the newest `failures_cap` failed jobs
     upstream: list[Row]
     workers: list[Row]
     running: list[Row]
     cap: int
+    failures_cap: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +49,39 @@ class ConsoleReads:
     def __init__(self, db: Any) -> None:
         self._db = db  # an asyncpg pool or connection
 
-    async def overview(self, *, owner: UUID | None, cap: int = COUNT_CAP) -> Overview:
-        counts = await self._db.fetch(q("console_status_counts"), owner, cap)
-        finished = await self._db.fetch(q("console_finished_recently"), owner, cap)
-        failures = await self._db.fetch(q("console_failures_by_code"), owner, cap)
-        upstream = await self._db.fetch(q("console_upstream")) if owner is None else []
-        workers = await self._db.fetch(q("console_workers")) if owner is None else []
-        running = await self._db.fetch(q("console_running_jobs"), owner, 50)
+    @contextlib.asynccontextmanager
+    async def _custom_plans(self) -> AsyncIterator[Any]:
+        """A connection in a transaction whose statements are planned for their values."""
+        async with contextlib.AsyncExitStack() as stack:
+            conn = self._db
+            if hasattr(conn, "acquire"):  # a pool
+                conn = await stack.enter_async_context(self._db.acquire())
+            await stack.enter_async_context(conn.transaction())
+            await conn.execute(q("console_custom_plans"))
+            yield conn
+
+    async def overview(
+        self, *, owner: UUID | None, cap: int = COUNT_CAP, failures_cap: int = FAILURES_CAP
+    ) -> Overview:
+        async with self._custom_plans() as conn:
+            counts = await conn.fetch(q("console_status_counts"), owner, cap)
+            failures = await conn.fetch(q("console_failures_by_code"), owner, failures_cap)
+            running = await conn.fetch(q("console_running_jobs"), owner, 50)
+            upstream = await conn.fetch(q("console_upstream")) if owner is None else []
+            workers = await conn.fetch(q("console_workers")) if owner is None else []
         return Overview(
-            status_counts={row["status"]: row["jobs"] for row in counts},
-            finished={(row["label"], row["outcome"]): row["attempts"] for row in finished},
+            status_counts={row["status"]: row["jobs"] for row in counts if row["label"] == "all"},
+            finished={
+                (row["label"], row["status"]): row["jobs"]
+                for row in counts
+                if row["label"] != "all"
+            },
             failures=list(failures),
             upstream=list(upstream),
             workers=list(workers),
             running=list(running),
             cap=cap,
+            failures_cap=failures_cap,
         )
 
     async def jobs_page(
@@ -72,16 +94,17 @@ class ConsoleReads:
     ) -> list[Row]:
         """A page of jobs, newest change first, after the keyset cursor `after`."""
         prefix = like_prefix(where.name_prefix) if where.name_prefix else None
-        rows: list[Row] = await self._db.fetch(
-            q("console_jobs_page"),
-            owner,
-            where.status,
-            where.error_code,
-            prefix,
-            after[0] if after else None,
-            after[1] if after else None,
-            limit,
-        )
+        async with self._custom_plans() as conn:
+            rows: list[Row] = await conn.fetch(
+                q("console_jobs_page"),
+                owner,
+                where.status,
+                where.error_code,
+                prefix,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit,
+            )
         return rows
 
     async def job_changes(self, *, since: datetime, limit: int) -> list[Row]:

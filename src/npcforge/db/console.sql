@@ -2,36 +2,35 @@
 -- Every read is bounded: counts stop at a cap ($n "cap" parameters; the page shows "cap+"),
 -- lists have a LIMIT and walk an index. $owner NULL means every owner (the service role).
 
+-- name: console_custom_plans
+-- The console's reads take an optional owner ($1 NULL: every owner). A generic plan would have
+-- to serve both; planned for the values at hand, "NULL OR owner_id = $1" folds away.
+SET LOCAL plan_cache_mode = force_custom_plan;
+
 -- name: console_status_counts
--- Jobs per status, each count stopped at $2 (+1, so the page can tell "more than").
-SELECT s.status::text AS status,
+-- Jobs per status, and those of them that reached it over the last hour and day; each count
+-- stops at $2 + 1 rows, so the page can say "more than $2" (index-only for every owner).
+SELECT s.status::text AS status, w.label,
        (SELECT count(*) FROM (
           SELECT 1 FROM npcs n
            WHERE n.generation_job_status = s.status AND n.deleted_at IS NULL
+             AND (w.span IS NULL OR n.generation_job_updated_at > now() - w.span)
              AND ($1::uuid IS NULL OR n.owner_id = $1)
            LIMIT $2 + 1) AS capped) AS jobs
-  FROM unnest(enum_range(NULL::generation_job_status)) AS s(status);
-
--- name: console_finished_recently
--- Attempts that ended succeeded / failed over the last hour and day, each count stopped at $2.
-SELECT w.label, o.outcome,
-       (SELECT count(*) FROM (
-          SELECT 1 FROM npc_generation_attempts a
-           WHERE a.finished_at > now() - w.span AND a.outcome = o.outcome
-             AND ($1::uuid IS NULL OR a.npc_id IN (SELECT id FROM npcs WHERE owner_id = $1))
-           LIMIT $2 + 1) AS capped) AS attempts
-  FROM (VALUES ('hour', interval '1 hour'), ('day', interval '1 day')) AS w(label, span)
- CROSS JOIN (VALUES ('succeeded'), ('failed')) AS o(outcome);
+  FROM unnest(enum_range(NULL::generation_job_status)) AS s(status)
+ CROSS JOIN (VALUES ('all', NULL::interval), ('hour', interval '1 hour'),
+                    ('day', interval '1 day')) AS w(label, span)
+ WHERE w.label = 'all' OR s.status IN ('succeeded', 'failed');
 
 -- name: console_failures_by_code
--- Failed jobs grouped by error code, from at most $2 + 1 of them (newest first).
+-- The newest failed jobs (at most $2) grouped by error code.
 SELECT coalesce(f.code, 'INTERNAL') AS code, count(*) AS jobs, max(f.at) AS latest
   FROM (SELECT n.generation_job_error ->> 'code' AS code, n.generation_job_updated_at AS at
           FROM npcs n
          WHERE n.generation_job_status = 'failed' AND n.deleted_at IS NULL
            AND ($1::uuid IS NULL OR n.owner_id = $1)
          ORDER BY n.generation_job_updated_at DESC
-         LIMIT $2 + 1) AS f
+         LIMIT $2) AS f
  GROUP BY 1
  ORDER BY count(*) DESC, 1;
 
