@@ -44,10 +44,11 @@ CREATE INDEX IF NOT EXISTS idx_npcs_job_updated
 -- Jobs of one status by last change: capped counts (index-only), finished over the last hour
 -- and day, the newest failures, the list filtered by status.
 CREATE INDEX IF NOT EXISTS idx_npcs_job_status_updated
-  ON npcs (generation_job_status, generation_job_updated_at DESC) WHERE deleted_at IS NULL;
+  ON npcs (generation_job_status, generation_job_updated_at DESC, id DESC)
+  WHERE deleted_at IS NULL;
 -- The list filtered by error code (failed jobs), newest change first.
 CREATE INDEX IF NOT EXISTS idx_npcs_job_failed_code
-  ON npcs ((generation_job_error ->> 'code'), generation_job_updated_at DESC)
+  ON npcs ((generation_job_error ->> 'code'), generation_job_updated_at DESC, id DESC)
   WHERE generation_job_status = 'failed' AND deleted_at IS NULL;
 -- The list's "name starts with" filter.
 CREATE INDEX IF NOT EXISTS idx_npcs_name_prefix

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import httpx
 
 from apikit import SECRET, api_harness, bearer, jwt_settings, owner_of, queue_job, token
 from conftest import make_npc, wait_for
-from npcforge.console.events import EVENTS_CHANNEL
+from npcforge.console.events import EVENTS_CHANNEL, EventHub
+from npcforge.db.connect import create_pool
 from npcforge.db.console import WorkerRoster
 from workerkit import running_worker, wait_status
 
@@ -272,6 +274,29 @@ async def test_job_state_changes_notify_once_per_transaction_and_renewals_not_at
         assert got == ["marker"]
     finally:
         await listener.close()
+
+
+async def test_a_subscription_gets_a_change_stamped_just_before_its_page_took_the_clock(
+    db_dsn: str, conn: Any
+) -> None:
+    # The page read the job queued, a worker claimed it, then the page took its clock: the
+    # browser subscribes "since" a time after the claim's stamp and must still be told.
+    npc = await make_npc(conn)
+    await queue_job(conn, npc)
+    await conn.execute("UPDATE npcs SET generation_job_status = 'processing' WHERE id = $1", npc)
+    stamped = await conn.fetchval("SELECT generation_job_updated_at FROM npcs WHERE id = $1", npc)
+    pool = await create_pool(db_dsn, max_size=2)
+    try:
+        hub = EventHub(db_dsn, pool)
+        mine = hub.subscribe(None, npc)
+        await hub.catch_up(mine, stamped + timedelta(seconds=1))
+        event = mine.queue.get_nowait()
+        assert (event["npcId"], event["status"]) == (str(npc), "processing")
+        other = hub.subscribe(None, await make_npc(conn))
+        await hub.catch_up(other, stamped)
+        assert other.queue.empty()  # another NPC's change is not its business
+    finally:
+        await pool.close()
 
 
 async def _true(value: bool) -> bool:

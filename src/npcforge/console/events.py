@@ -104,8 +104,11 @@ class EventHub:
 
     async def catch_up(self, subscription: Subscription, since: datetime) -> None:
         """Hand `subscription` the changes after `since` that it wants (a page rendered before
-        the browser subscribed must not miss what happened in between)."""
-        rows = await self.reads.job_changes(since=since, limit=MAX_CHANGES_PER_READ)
+        the browser subscribed must not miss what happened in between). The read starts OVERLAP
+        earlier: a change stamped after the page's reads but before its clock was taken, or
+        committed after it, is in no page and was handed to no subscription yet. The rows are
+        the jobs' current state, so sending one again is harmless."""
+        rows = await self.reads.job_changes(since=since - OVERLAP, limit=MAX_CHANGES_PER_READ)
         for row in rows:
             if subscription.wants(row):
                 try:

@@ -65,31 +65,35 @@ SELECT n.id AS npc_id, n.name, n.generation_job_id AS job_id, n.generation_job_l
 -- name: console_jobs_page
 -- The jobs list: newest change first, after the keyset cursor ($5 time, $6 npc id) if any.
 -- $1 owner, $2 status, $3 error code, $4 name prefix (lower case, LIKE-escaped), $7 rows.
--- Model and cost are the current job's, from its attempt rows.
-SELECT n.id AS npc_id, n.name, n.generation_job_id AS job_id,
-       n.generation_job_status::text AS status, n.generation_job_attempts AS attempts,
-       n.generation_job_error ->> 'code' AS error_code,
-       n.generation_job_started_at AS started_at, n.generation_job_claimed_at AS claimed_at,
-       n.generation_job_finished_at AS finished_at, n.generation_job_updated_at AS updated_at,
-       a.model, a.cost
-  FROM npcs n
+-- Model and cost are the current job's, from its attempt rows: looked up for the page's rows
+-- only, after the LIMIT.
+SELECT p.*, a.model, a.cost
+  FROM (
+    SELECT n.id AS npc_id, n.name, n.generation_job_id AS job_id,
+           n.generation_job_status::text AS status, n.generation_job_attempts AS attempts,
+           n.generation_job_error ->> 'code' AS error_code,
+           n.generation_job_started_at AS started_at, n.generation_job_claimed_at AS claimed_at,
+           n.generation_job_finished_at AS finished_at, n.generation_job_updated_at AS updated_at
+      FROM npcs n
+     WHERE n.generation_job_status IS NOT NULL AND n.deleted_at IS NULL
+       AND ($1::uuid IS NULL OR n.owner_id = $1)
+       AND ($2::generation_job_status IS NULL OR n.generation_job_status = $2::generation_job_status)
+       AND ($3::text IS NULL OR (n.generation_job_status = 'failed'
+                                 AND n.generation_job_error ->> 'code' = $3))
+       AND ($4::text IS NULL OR lower(n.name) LIKE $4 || '%')
+       AND ($5::timestamptz IS NULL
+            OR (n.generation_job_updated_at, n.id) < ($5::timestamptz, $6::uuid))
+     ORDER BY n.generation_job_updated_at DESC, n.id DESC
+     LIMIT $7
+  ) AS p
   LEFT JOIN LATERAL (
     SELECT (array_agg(x.model ORDER BY x.attempt DESC, x.id DESC)
               FILTER (WHERE x.model IS NOT NULL))[1] AS model,
            sum(x.cost) AS cost
       FROM npc_generation_attempts x
-     WHERE x.job_id = n.generation_job_id
+     WHERE x.job_id = p.job_id
   ) a ON true
- WHERE n.generation_job_status IS NOT NULL AND n.deleted_at IS NULL
-   AND ($1::uuid IS NULL OR n.owner_id = $1)
-   AND ($2::text IS NULL OR n.generation_job_status::text = $2)
-   AND ($3::text IS NULL OR (n.generation_job_status = 'failed'
-                             AND n.generation_job_error ->> 'code' = $3))
-   AND ($4::text IS NULL OR lower(n.name) LIKE $4 || '%')
-   AND ($5::timestamptz IS NULL
-        OR (n.generation_job_updated_at, n.id) < ($5::timestamptz, $6::uuid))
- ORDER BY n.generation_job_updated_at DESC, n.id DESC
- LIMIT $7;
+ ORDER BY p.updated_at DESC, p.npc_id DESC;
 
 -- name: console_job_changes
 -- Jobs whose state changed after $1 (the events feed), oldest change first, at most $2.
