@@ -343,3 +343,32 @@ async def test_open_access_needs_no_sign_in(db_dsn: str, storage_dir: Path, conn
         assert page.status_code == 200 and "Open Access" in page.text
         assert (await h.client.get("/console/static/console.js")).status_code == 200
         assert (await h.client.get("/console", headers=bearer("x"))).status_code == 200
+
+
+async def test_one_listen_connection_fans_changes_out_to_the_owners_browsers_only(
+    db_dsn: str, storage_dir: Path, conn: Any
+) -> None:
+    mine = await make_npc(conn, name="Fan Out Mine")
+    theirs = await make_npc(conn, name="Fan Out Theirs", ownerId=str(uuid.uuid4()))
+    me = await owner_of(conn, mine)
+    async with api_harness(db_dsn, storage_dir) as h:
+        hub = h.app.state.console.hub
+        await wait_for(lambda: _true(hub.listener.up))
+        await hub.read_changes()  # where "now" is
+        browsers = [hub.subscribe(me) for _ in range(3)]
+        admin = hub.subscribe(None)
+        await queue_job(conn, mine)
+        await queue_job(conn, theirs)
+        for browser in browsers:
+            event = await asyncio.wait_for(browser.queue.get(), 10)
+            assert (event["npcId"], event["status"]) == (str(mine), "queued")
+            assert "ownerId" not in event
+        seen = {(await asyncio.wait_for(admin.queue.get(), 10))["npcId"] for _ in range(2)}
+        assert seen == {str(mine), str(theirs)}
+        await asyncio.sleep(0.3)
+        assert all(browser.queue.empty() for browser in browsers)  # never the other's NPC
+        listening = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'npcforge-console-events' AND datname = current_database()"
+        )
+        assert listening == 1
