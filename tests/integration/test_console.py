@@ -351,7 +351,8 @@ async def test_one_listen_connection_fans_changes_out_to_the_owners_browsers_onl
     mine = await make_npc(conn, name="Fan Out Mine")
     theirs = await make_npc(conn, name="Fan Out Theirs", ownerId=str(uuid.uuid4()))
     me = await owner_of(conn, mine)
-    async with api_harness(db_dsn, storage_dir) as h:
+    settings = jwt_settings(DATABASE_URL=db_dsn)
+    async with api_harness(db_dsn, storage_dir, settings=settings) as h:
         hub = h.app.state.console.hub
         await wait_for(lambda: _true(hub.listener.up))
         await hub.read_changes()  # where "now" is
