@@ -28,7 +28,7 @@ from npcforge.embedded import (
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from npcforge.importer import insert_npc, parse_npc, sample_npc_data
 from npcforge.logs import say
-from npcforge.ops import findings_of
+from npcforge.errors import findings_of
 from npcforge.signals import install_signal_handlers
 from npcforge.storage.base import xml_key
 
@@ -172,6 +172,7 @@ async def _serve_dev(
         if not running.done():
             url = cli_database_url(pg.dsn)
             say(f"npcforge dev: data in {home}, API on http://{host}:{port}")
+            say(f"  console: http://{host}:{port}/console")
             say(f"  curl -s -X POST http://{host}:{port}/api/npcs/{sample_id}/generate")
             say(f"  export DATABASE_URL='{url}'   # for npcforge status, jobs, enqueue, ...")
             say(f"  psql '{url}'")

@@ -157,3 +157,12 @@ class RecordInvalid(JobError):
 
 class InternalError(JobError):
     code = "INTERNAL"
+
+
+def findings_of(error: Any) -> list[str]:
+    """The validator's findings an AI_INVALID_XML error carries, as lines to show."""
+    details = getattr(error, "details", None)
+    if details is None and isinstance(error, dict):
+        details = error.get("details")
+    found = details.get("findings") if isinstance(details, dict) else None
+    return [str(item) for item in found] if isinstance(found, list) else []

@@ -24,7 +24,7 @@ from npcforge.config import ConfigError, Settings
 from npcforge.db.connect import connect
 from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import migrate
-from npcforge.errors import ERROR_CODES, StorageError
+from npcforge.errors import ERROR_CODES, StorageError, findings_of
 from npcforge.exits import EXIT_OK, CommandFailed, UsageError
 from npcforge.importer import insert_npc, read_npc_file
 from npcforge.logs import say
@@ -161,15 +161,6 @@ def _job_error(error: Any) -> Any:
     except ValidationError:  # a row another system wrote: keep what can be shown
         code = error.get("code") if isinstance(error, dict) else None
         return JobErrorDetailOut(code=str(code or "INTERNAL"), message=str(error))
-
-
-def findings_of(error: Any) -> list[str]:
-    """The validator's findings an AI_INVALID_XML error carries, as lines to show."""
-    details = getattr(error, "details", None)
-    if details is None and isinstance(error, dict):
-        details = error.get("details")
-    found = details.get("findings") if isinstance(details, dict) else None
-    return [str(item) for item in found] if isinstance(found, list) else []
 
 
 async def run_npc_import(settings: Settings, args: argparse.Namespace) -> int:

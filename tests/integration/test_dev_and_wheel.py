@@ -58,8 +58,9 @@ async def test_dev_serves_api_and_worker_until_ctrl_c(tmp_path):
     proc = await start_dev(home, port, tmp_path)
     assert proc.stderr is not None
     try:
+        console = (await _read_until(proc.stderr, r"console: (http://\S+/console)", 60)).group(1)
         curl = await _read_until(
-            proc.stderr, r"curl -s -X POST (http://\S+/npcs/(\S+)/generate)", 60
+            proc.stderr, r"curl -s -X POST (http://\S+/npcs/(\S+)/generate)", 5
         )
         url = (await _read_until(proc.stderr, r"DATABASE_URL='(postgresql://\S+)'", 5)).group(1)
         await _read_until(proc.stderr, r"psql '" + re.escape(url) + "'", 5)
@@ -75,6 +76,9 @@ async def test_dev_serves_api_and_worker_until_ctrl_c(tmp_path):
                 await asyncio.sleep(0.05)
             assert polled["status"] == "succeeded", polled
             assert polled["xml"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
+            page = await client.get(console)  # loopback, no auth: the operator's console
+            assert page.status_code == 200 and "Jobs by status" in page.text
+            assert (await client.get(console + "/static/console.js")).status_code == 200
         # The printed DATABASE_URL is one the operator commands accept.
         status = await run_cli("status", curl.group(2), "--json", env=cli_env(DATABASE_URL=url))
         assert status.code == 0, status.err
@@ -166,6 +170,8 @@ async def test_wheel_install_runs_demo_without_the_source_tree(tmp_path):
     assert "npcforge/sql/migrations/0001_schema.sql" in names
     assert "npcforge/data/sample_npc.json" in names
     assert "npcforge/db/queries.sql" in names
+    for shipped in ("db/console.sql", "console/templates/base.html", "console/static/console.js"):
+        assert f"npcforge/{shipped}" in names
     target = tmp_path / "site"
     install = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel),

@@ -18,9 +18,9 @@ SRC = Path(npcforge.__file__).parent
 # Lowest first. A room is a top-level module or a subpackage of npcforge.
 FOUNDATION = {"npcforge", "config", "errors", "exits", "logs", "redaction", "backoff", "npc"}
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", FOUNDATION | {"heap", "metrics"}),
+    ("foundation", FOUNDATION | {"heap", "metrics", "speedups"}),
     ("adapters", {"db", "storage", "generation", "embedded"}),
-    ("services", {"worker", "api", "importer"}),
+    ("services", {"worker", "api", "importer", "console"}),
     ("composition", {"compose", "signals"}),
     ("commands", {"daemons", "devmode", "ops", "doctor"}),
     ("entry", {"cli", "__main__"}),

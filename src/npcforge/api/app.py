@@ -27,6 +27,8 @@ from npcforge.api.polling import PollPath
 from npcforge.api.routes import ENDPOINTS
 from npcforge.api.start_quota import StartQuota
 from npcforge.config import Settings
+from npcforge.console.routes import console_mount
+from npcforge.console.state import start_console
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.heap import settle_heap
 from npcforge.storage.base import Storage
@@ -163,6 +165,9 @@ def create_app(
         app.state.authenticator = auth
         app.state.start_quota = StartQuota(settings.generate_per_minute)
         app.state.poll_path = PollPath(app.state.pool, storage, metrics)
+        app.state.console = start_console(
+            settings, app.state.pool, open_access=not auth.requires_token
+        )
         if freeze_heap:
             settle_heap()
         try:
@@ -170,6 +175,7 @@ def create_app(
         finally:
             if freeze_heap:
                 gc.unfreeze()
+            await app.state.console.close()
             await app.state.poll_path.close()
             await auth.close()
             if own_pool:
@@ -182,7 +188,7 @@ def create_app(
         Exception: _unexpected,
     }
     app = Starlette(
-        routes=build_routes(),
+        routes=[*build_routes(), *console_mount()],
         middleware=build_middleware(settings, metrics),
         lifespan=lifespan,
         exception_handlers=handlers,

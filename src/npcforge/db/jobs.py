@@ -176,16 +176,18 @@ class JobQueue:
         return {row["lease_token"] for row in rows}
 
     async def finish_succeeded(
-        self, *, jobs: Sequence[tuple[Fenced, int]], attempts: Sequence[AttemptRow]
+        self, *, jobs: Sequence[tuple[Fenced, bytes]], attempts: Sequence[AttemptRow]
     ) -> None:
-        """Mark each (job, file size) succeeded, with its attempt row only if it was."""
+        """Mark each (job, stored file) succeeded, with its attempt row and a kept copy of the
+        file only if it was."""
         await self._db.execute(
             q("finish_succeeded_jobs"),
             [job.npc_id for job, _ in jobs],
             [job.job_id for job, _ in jobs],
             [job.lease_token for job, _ in jobs],
-            [size for _, size in jobs],
+            [len(data) for _, data in jobs],
             *_attempt_columns(attempts),
+            [data.decode("utf-8", errors="replace") for _, data in jobs],
         )
 
     async def requeue(self, *, job: Fenced, delay: float, error: Mapping[str, Any]) -> bool:

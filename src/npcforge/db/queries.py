@@ -23,9 +23,14 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
+# queries.sql holds the queue's and the API's; console.sql the web console's.
+QUERY_FILES = ("queries.sql", "console.sql")
+
+
 @cache
 def all_queries() -> dict[str, str]:
-    text = resources.files("npcforge.db").joinpath("queries.sql").read_text("utf-8")
+    files = resources.files("npcforge.db")
+    text = "\n".join(files.joinpath(name).read_text("utf-8") for name in QUERY_FILES)
     return parse_queries(text)
 
 

@@ -182,7 +182,8 @@ UPDATE npcs
 -- name: finish_succeeded_jobs
 -- The success path of a publish batch in one statement: each job's row marked succeeded with
 -- its file's size (fenced like fail_job: $1 ids, $2 job ids, $3 lease tokens, $4 sizes) and
--- its attempt row written ($5..$20, the columns of insert_attempts) only if the row was.
+-- its attempt row written ($5..$20, the columns of insert_attempts) only if the row was; so is
+-- the file itself ($21) into npc_xml_versions, which keeps each NPC's newest 5 (see 0007).
 WITH finished AS (
   UPDATE npcs AS n
      SET generation_job_status = 'succeeded',
@@ -195,7 +196,19 @@ WITH finished AS (
     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::integer[]) AS j(id, job_id, token, size)
    WHERE n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
      AND n.generation_job_status = 'processing'
-  RETURNING n.generation_job_id
+  RETURNING n.id, n.generation_job_id
+), versions AS (
+  INSERT INTO npc_xml_versions (npc_id, job_id, xml, size_bytes)
+  SELECT f.id, f.generation_job_id, x.xml, octet_length(x.xml)
+    FROM finished AS f
+    JOIN unnest($1::uuid[], $21::text[]) AS x(id, xml) ON x.id = f.id
+), pruned AS (
+  -- Those beyond the newest 4 already kept (the one inserted above is the fifth).
+  DELETE FROM npc_xml_versions AS v
+   USING finished AS f
+   WHERE v.npc_id = f.id
+     AND v.id < (SELECT min(k.id) FROM (SELECT w.id FROM npc_xml_versions AS w
+                                          WHERE w.npc_id = f.id ORDER BY w.id DESC LIMIT 4) AS k)
 )
 INSERT INTO npc_generation_attempts (
   job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message, model,

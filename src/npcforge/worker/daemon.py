@@ -24,6 +24,7 @@ from collections.abc import Awaitable
 import asyncpg
 
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
+from npcforge.db.console import WorkerRoster
 from npcforge.db.jobs import JobQueue
 from npcforge.generation.base import Provider
 from npcforge.metrics import WorkerMetrics
@@ -35,6 +36,7 @@ from npcforge.worker.inflight import InFlight
 from npcforge.worker.leases import Leases
 from npcforge.worker.listener import Listener
 from npcforge.worker.options import WorkerOptions
+from npcforge.worker.presence import Presence
 from npcforge.worker.sdnotify import SystemdNotifier
 from npcforge.worker.supervisor import Supervisor, loop_backoff
 
@@ -80,6 +82,7 @@ class Worker:
         self.pool: asyncpg.Pool | None = None  # jobs
         self.control: asyncpg.Pool | None = None  # claims, renewals, reaping, hand-back
         self.ready = asyncio.Event()
+        self.presence: Presence | None = None  # the console's roster row, once running
         self.stopping = asyncio.Event()
         self._claimed_once = False
         self.supervisor = Supervisor(
@@ -224,6 +227,13 @@ class Worker:
             "heartbeat",
             lambda: self.supervisor.heartbeat(self.notifier, self.ready, self.status_text),
         )
+        self.presence = Presence(
+            roster=WorkerRoster(self.control), worker_id=self.worker_id,
+            concurrency=self.options.concurrency, in_flight=lambda: len(self.running),
+            draining=self.stopping.is_set, beat=lambda: self.supervisor.beat("presence"),
+            db_timeout=self.options.db_timeout,
+        )  # fmt: skip
+        self.supervisor.start("presence", self.presence.run)
         log.info(
             "worker started",
             extra={
@@ -259,6 +269,8 @@ class Worker:
         if unfinished:
             await self._hand_back(unfinished)
         await self.supervisor.stop_all()
+        if self.presence is not None:
+            await self.presence.leave()
         await self._close()
         log.info(
             "worker stopped",

@@ -36,8 +36,12 @@ class Listener:
         probe_timeout: float = 5.0,
         on_state: Callable[[bool], None] | None = None,
         beat: Callable[[], None] | None = None,
+        channel: str = JOBS_CHANNEL,
+        application_name: str = "npcforge-listener",
     ) -> None:
         self._dsn = dsn
+        self.channel = channel
+        self._application_name = application_name
         self._on_notify = on_notify
         self._on_connected = on_connected
         self._on_state = on_state or (lambda up: None)
@@ -51,7 +55,7 @@ class Listener:
         self.connections = 0
 
     def _notified(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
-        if channel == JOBS_CHANNEL:
+        if channel == self.channel:
             self._on_notify()
         else:
             self._probe_seen.set()
@@ -71,10 +75,10 @@ class Listener:
             self._beat()
             conn = None
             try:
-                conn = await connect(self._dsn, application_name="npcforge-listener")
+                conn = await connect(self._dsn, application_name=self._application_name)
                 self._lost.clear()
                 conn.add_termination_listener(self._terminated)
-                await conn.add_listener(JOBS_CHANNEL, self._notified)
+                await conn.add_listener(self.channel, self._notified)
                 await conn.add_listener(self._probe_channel, self._notified)
                 self.connections += 1
                 self._set_up(True)

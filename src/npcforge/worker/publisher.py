@@ -97,7 +97,7 @@ class Publisher:
             if done:
                 succeeded = [(claim, Outcome("succeeded", stats=claim.stats)) for claim, _ in done]
                 await jobs.finish_succeeded(
-                    jobs=[(claim, len(data)) for claim, data in done],
+                    jobs=done,
                     attempts=[self.outcomes.row(claim, outcome) for claim, outcome in succeeded],
                 )
                 outcomes.update((claim.lease_token, outcome) for claim, outcome in succeeded)
