@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from npcforge.budget import CostPolicy
 from npcforge.config import ConfigError, Settings
 from npcforge.generation.base import Provider
 from npcforge.generation.template import TemplateProvider
@@ -86,6 +87,7 @@ def build_worker(
         notifier=SystemdNotifier(
             settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
         ),
+        cost_policy=CostPolicy.of(settings),
     )
 
 

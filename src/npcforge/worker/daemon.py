@@ -23,8 +23,10 @@ from collections.abc import Awaitable
 
 import asyncpg
 
+from npcforge.budget import CostPolicy
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.db.jobs import JobQueue
+from npcforge.db.spend import Generations, SpendLedger
 from npcforge.generation.base import Provider
 from npcforge.metrics import WorkerMetrics
 from npcforge.storage.base import Storage
@@ -35,6 +37,7 @@ from npcforge.worker.inflight import InFlight
 from npcforge.worker.leases import Leases
 from npcforge.worker.listener import Listener
 from npcforge.worker.sdnotify import SystemdNotifier
+from npcforge.worker.spend_control import SpendControl
 from npcforge.worker.supervisor import Supervisor, loop_backoff
 
 log = logging.getLogger("npcforge.worker")
@@ -70,8 +73,11 @@ class Worker:
         listener_probe_timeout: float = 5.0,
         listen_dsn: str | None = None,
         transaction_pooler: bool = False,
+        cost_policy: CostPolicy | None = None,
     ) -> None:
         self.dsn = dsn
+        # Daily budgets, prices and reuse (a provider that calls no model: none of them).
+        self.cost_policy = cost_policy or CostPolicy()
         # LISTEN needs a session of its own: behind a transaction pooler (`transaction_pooler`,
         # the pools' DSN) it goes over `listen_dsn`, a direct or session-mode URL.
         self.listen_dsn = listen_dsn or dsn
@@ -197,6 +203,13 @@ class Worker:
             return  # stopped before the database was ever reachable
         assert self.pool is not None and self.control is not None
         jobs = JobQueue(self.control)
+        spend = SpendControl(
+            self.cost_policy,
+            ledger=SpendLedger(self.control),
+            generations=Generations(self.pool),
+            storage=self.storage,
+            metrics=self.metrics,
+        )
         self.inflight.runner = JobRunner(
             pool=self.pool,
             provider=self.provider,
@@ -205,12 +218,14 @@ class Worker:
             max_attempts=self.max_attempts,
             job_deadline=self.job_deadline_seconds,
             metrics=self.metrics,
+            spend=spend,
             max_retry_delay=self.max_retry_delay_seconds,
         )
         claimer = Claimer(
             jobs=jobs,
             inflight=self.inflight,
             provider=self.provider,
+            spend=spend,
             supervisor=self.supervisor,
             wakeups=self.wakeups,
             stopping=self.stopping,
