@@ -93,7 +93,11 @@ class CostPolicy:
         )
         missing = [m for m in policy.models if m not in prices]
         if policy.budget.capped and missing:
-            cap = "NPCFORGE_DAILY_BUDGET_USD" if policy.budget.fleet else "NPCFORGE_USER_DAILY_BUDGET_USD"
+            cap = (
+                "NPCFORGE_DAILY_BUDGET_USD"
+                if policy.budget.fleet
+                else "NPCFORGE_USER_DAILY_BUDGET_USD"
+            )
             raise ConfigError(
                 f"{cap} needs a price to estimate calls, and the price table has none for "
                 f"{', '.join(missing)}: add it to NPCFORGE_MODEL_PRICES (MODEL=PROMPT/COMPLETION "

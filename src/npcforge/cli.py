@@ -241,11 +241,14 @@ def _sql_message(exc: Exception) -> str:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge.api.dto import NpcJobOut
+    from npcforge.budget import Budget
+    from npcforge.costs import hold_reasons
 
     async def body(conn: Any) -> int:
         row = await JobQueue(conn).status(npc_id=args.npc_id)
         if row is None or row["deleted_at"] is not None:
             raise CommandFailed(f"NPC {args.npc_id} does not exist or is deleted")
+        (hold,) = await hold_reasons(conn, Budget.of(settings), [(row["owner_id"], row["status"])])
         error = row["error"] if row["status"] == "failed" and row["error"] else None
         state = NpcJobOut(
             npc_id=row["npc_id"],
@@ -259,6 +262,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             # The size of the file this job stored; an earlier job's file is not this job's.
             content_size_bytes=row["content_size_bytes"] if row["status"] == "succeeded" else None,
             error=_job_error(error) if error else None,
+            hold_reason=hold,
         )
         if args.json:
             print(json_document(state))
@@ -268,6 +272,8 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             line += f"  job {state.job_id}  attempts {state.attempts}"
         if state.error:
             line += f"  error {state.error.code}: {state.error.message}"
+        if state.hold_reason:
+            line += f"  held: {state.hold_reason} (a daily model budget is spent)"
         print(line)
         for finding in findings_of(state.error):
             print(f"  - {finding}")
@@ -350,8 +356,18 @@ async def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from npcforge import ops
+    from npcforge.budget import Budget
 
-    return await _with_conn(settings, lambda conn: ops.run_jobs_command(conn, args))
+    budget = Budget.of(settings)
+    return await _with_conn(settings, lambda conn: ops.run_jobs_command(conn, args, budget))
+
+
+async def cmd_costs(settings: Settings, args: argparse.Namespace) -> int:
+    from npcforge.budget import Budget
+    from npcforge.costs import run_costs_command
+
+    budget = Budget.of(settings)
+    return await _with_conn(settings, lambda conn: run_costs_command(conn, args, budget))
 
 
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
@@ -439,9 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--force", action="store_true",
-        help="also replace a queued or running job (it is superseded and cannot publish); "
-        "without it a named NPC with such a job is an error and a selected one is skipped "
-        "(default: off)",
+        help="also replace a queued or running job (it is superseded and cannot publish), and "
+        "call the model even when the record is unchanged since its file was made; without "
+        "it a named NPC with such a job is an error and a selected one is skipped (default: off)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
@@ -495,6 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
         jobs, "cancel", "cancel a queued or running job (ends failed, CANCELLED)", cmd_jobs
     )
     p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID", help=_NPC_ID_HELP)
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
+
+    p = _command(
+        sub, "costs",
+        "model spend per UTC day, model and owner from the attempt rows, and today's budgets",
+        cmd_costs,
+    )  # fmt: skip
+    p.add_argument(
+        "--days", type=int, default=30,
+        help="the last this many UTC days, today included, 1-3660 (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
     p = _command(

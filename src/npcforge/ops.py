@@ -18,7 +18,9 @@ from npcforge.api.dto import (
     QueuedJobOut,
     json_document,
 )
+from npcforge.budget import Budget, CostPolicy
 from npcforge.config import ConfigError, Settings
+from npcforge.costs import budget_overview, hold_reasons
 from npcforge.db.connect import connect
 from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import MigrationError, check_current
@@ -51,13 +53,18 @@ def _queued(rows: list[Any]) -> list[OutputModel]:
     return [QueuedJobOut(npc_id=row["npc_id"], job_id=row["job_id"]) for row in rows]
 
 
-async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
+async def run_jobs_command(conn: Any, args: argparse.Namespace, budget: Budget) -> int:
     command = args.jobs_command
     if command == "list":
         if not 1 <= args.limit <= 10_000:
             raise UsageError("--limit must be between 1 and 10000")
         rows = await JobQueue(conn).recent(status=args.status, limit=args.limit)
-        _emit([JobRowOut.model_validate(dict(row)) for row in rows], args.json, "no jobs")
+        holds = await hold_reasons(conn, budget, [(row["owner_id"], row["status"]) for row in rows])
+        listed: list[OutputModel] = [
+            JobRowOut.model_validate({**row, "hold_reason": hold})
+            for row, hold in zip(rows, holds, strict=True)
+        ]
+        _emit(listed, args.json, "no jobs")
         return EXIT_OK
     if command == "retry":
         if args.npc_id is not None:
@@ -189,6 +196,34 @@ async def _check_queue(conn: Any) -> Check:
     return Check("queue", True, detail)
 
 
+async def _check_budget(settings: Settings, conn: Any) -> Check:
+    """The daily model budgets: a price to estimate calls with, and whether jobs are held."""
+    budget = Budget.of(settings)
+    if not budget.capped:
+        return Check("budget", True, "no daily model budget set (NPCFORGE_DAILY_BUDGET_USD)")
+    try:
+        CostPolicy.of(settings)
+    except ConfigError as exc:
+        return Check("budget", False, str(exc), "set NPCFORGE_MODEL_PRICES for the model")
+    overview = await budget_overview(conn, budget)
+    detail = f"today ${overview.fleet_spent_usd:.6f} spent (reserved included)"
+    if overview.fleet_limit_usd is not None:
+        detail += f" of ${overview.fleet_limit_usd:.6f}"
+    if overview.user_limit_usd is not None:
+        detail += (
+            f"; ${overview.user_limit_usd:.6f} per owner, {overview.owners_at_limit} owner(s) at it"
+        )
+    if overview.held_jobs == 0:
+        return Check("budget", True, detail)
+    return Check(
+        "budget", False,
+        f"{detail}; {overview.held_jobs} queued job(s) held until the budget allows "
+        f"(resets {overview.resets_at:%Y-%m-%d %H:%M} UTC)",
+        "wait for the reset, or raise NPCFORGE_DAILY_BUDGET_USD / "
+        "NPCFORGE_USER_DAILY_BUDGET_USD and restart the workers",
+    )  # fmt: skip
+
+
 async def _listen_round_trip(conn: Any, where: str) -> Check:
     channel = f"npcforge_doctor_{uuid.uuid4().hex[:12]}"
     got = asyncio.Event()
@@ -294,6 +329,7 @@ async def run_doctor(settings: Settings, *, json_output: bool = False) -> int:
             checks.append(await _check_migrations(conn))
             if checks[-1].ok:  # the queue's columns are there
                 later.append(lambda: _check_queue(conn))
+                later.append(lambda: _check_budget(settings, conn))
             later.append(lambda: _check_listen(settings, conn, pooled))
         later += [lambda: _check_storage(settings), lambda: _check_provider(settings)]
         for step in later:

@@ -27,6 +27,7 @@ from npcforge.api.openapi import Endpoint, build_openapi
 from npcforge.api.origins import PreflightGate
 from npcforge.api.routes import ENDPOINTS
 from npcforge.api.start_quota import StartQuota
+from npcforge.budget import Budget
 from npcforge.config import Settings
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.heap import settle_heap
@@ -163,6 +164,7 @@ def create_app(
         app.state.storage = storage
         app.state.authenticator = auth
         app.state.start_quota = StartQuota(settings.generate_per_minute)
+        app.state.budget = Budget.of(settings)
         app.state.job_lookups = JobStatusLookups(app.state.pool)
         app.state.poll_answers = PollAnswers()
         if freeze_heap:

@@ -22,6 +22,7 @@ from npcforge.api.dto import (
     GenerateAccepted,
     GenerateBody,
     HealthOut,
+    HoldReason,
     JobErrorOut,
     JobListOut,
     JobPath,
@@ -38,6 +39,8 @@ from npcforge.api.dto import (
 from npcforge.api.errors import NO_STORE, ApiError, npc_not_found
 from npcforge.api.inputs import parse_generate_body, parse_query, path_ids
 from npcforge.api.openapi import Endpoint, Reply
+from npcforge.api.owner_budget import refuse_over_budget
+from npcforge.costs import hold_reasons
 from npcforge.db.jobs import JobQueue
 from npcforge.errors import StorageError
 from npcforge.storage.base import xml_key
@@ -86,6 +89,9 @@ async def start_generation(request: Request) -> Response:
     force = parse_query(request, StartQuery).force == "true"
     await parse_generate_body(request)  # checked; regenerate/currentXml do not change the job
     state = request.app.state
+    await refuse_over_budget(
+        state.pool, state.budget, npc_id=npc_id, owner=principal.owner_filter()
+    )
     try:
         slot = state.start_quota.acquire(principal)
     except ApiError:
@@ -156,14 +162,15 @@ async def job_status(request: Request) -> Response:
                 404, "XML_NOT_FOUND",
                 "The generated XML file is missing from storage; start a new generation job.",
             )  # fmt: skip
+    (hold,) = await hold_reasons(state.pool, state.budget, [(row["owner_id"], status)])
     # Everything the answer is made of besides the NPC's id, which keys it.
     made_of = (
         job_id, status, row["content_size_bytes"], row["error"], row["updated_at"],
-        row["attempts"],
+        row["attempts"], hold,
     )  # fmt: skip
     answer = state.poll_answers.get(npc_id, made_of, data)
     if answer is None:
-        answer = job_status_answer(npc_id, job_id, row, status, data)
+        answer = job_status_answer(npc_id, job_id, row, status, data, hold=hold)
         state.poll_answers.put(npc_id, made_of, data, answer)
     return JsonReply(answer)
 
@@ -194,7 +201,13 @@ def storage_failure(exc: StorageError, npc_id: UUID, job_id: UUID) -> ApiError:
 
 
 def job_status_answer(
-    npc_id: UUID, job_id: UUID, row: Any, status: JobStatus, data: bytes | None
+    npc_id: UUID,
+    job_id: UUID,
+    row: Any,
+    status: JobStatus,
+    data: bytes | None,
+    *,
+    hold: HoldReason | None = None,
 ) -> bytes:
     out = JobStatusOut(
         job_id=job_id,
@@ -205,6 +218,7 @@ def job_status_answer(
         error=job_error_out(row["error"]) if status == "failed" else None,
         updated_at=row["updated_at"],
         attempts=row["attempts"],
+        hold_reason=hold,
     )
     return out.__pydantic_serializer__.to_json(out)
 
@@ -309,11 +323,18 @@ ENDPOINTS: list[Endpoint] = [
         description=(
             "Queues a job that writes the NPC's XML. Only the NPC's owner (or the service role) "
             "may start one. Job starts are capped per user and minute (`NPCFORGE_GENERATE_PER_"
-            f"MINUTE`). The body is optional and at most {MAX_BODY_BYTES} bytes."
+            "MINUTE`, `RATE_LIMITED`), and refused while the NPC owner's daily model budget is "
+            "spent (`NPCFORGE_USER_DAILY_BUDGET_USD`, `BUDGET_EXCEEDED`, with `Retry-After` and "
+            "`details.resetsAt`, the next UTC midnight). `force=true` also calls the model when "
+            "the record is unchanged since its file was made. The body is optional and at most "
+            f"{MAX_BODY_BYTES} bytes."
         ),
         reply=Reply(202, "The job is queued.", GenerateAccepted, links=_JOB_LINKS),
         path_model=NpcPath, query_model=StartQuery, body_model=GenerateBody,
-        errors={404: ("NPC_NOT_FOUND",), 409: ("GENERATION_JOB_CONFLICT",), 429: ("RATE_LIMITED",)},
+        errors={
+            404: ("NPC_NOT_FOUND",), 409: ("GENERATION_JOB_CONFLICT",),
+            429: ("RATE_LIMITED", "BUDGET_EXCEEDED"),
+        },
     ),
     Endpoint(
         "GET", "/api/npcs/{npcId}/generation-jobs/{jobId}", job_status,

@@ -350,7 +350,7 @@ SELECT (SELECT count(*) FROM target) AS found,
   LEFT JOIN started s ON true;
 
 -- name: jobs_list
-SELECT n.id AS npc_id, n.name, n.generation_job_id AS job_id,
+SELECT n.id AS npc_id, n.owner_id, n.name, n.generation_job_id AS job_id,
        n.generation_job_status::text AS status, n.generation_job_attempts AS attempts,
        n.generation_job_error ->> 'code' AS error_code, n.generation_job_started_at AS started_at,
        n.generation_job_updated_at AS updated_at, n.generation_job_lease_owner AS worker
@@ -537,11 +537,14 @@ SELECT admitted, scope, fleet_spent, owner_spent
   FROM npcforge_spend_reserve($1, $2, $3, $4, $5, $6, $7);
 
 -- name: spend_state
--- Cost control: today's (UTC) spend of the fleet (settled plus reserved) and the owners whose
--- own spend reached $1 (NULL: no owner cap).
+-- Cost control: today's (UTC) spend of the fleet (settled plus reserved), the part of it still
+-- reserved for calls in flight, and the owners whose own spend reached $1 (NULL: no owner cap).
 SELECT coalesce((SELECT amount FROM npcforge_spend_days
                   WHERE day = (now() AT TIME ZONE 'UTC')::date AND payer = 'fleet'), 0)
          AS fleet_spent,
+       coalesce((SELECT sum(estimate) FROM npcforge_spend
+                  WHERE settled_at IS NULL AND day = (now() AT TIME ZONE 'UTC')::date), 0)
+         AS fleet_reserved,
        ARRAY(SELECT payer::uuid FROM npcforge_spend_days
               WHERE day = (now() AT TIME ZONE 'UTC')::date AND payer <> 'fleet'
                 AND $1::numeric IS NOT NULL AND amount >= $1::numeric

@@ -26,6 +26,7 @@ class SpendState:
     """Today's (UTC) spend of the fleet, settled plus reserved, and the owners at their cap."""
 
     fleet_spent: Decimal
+    fleet_reserved: Decimal  # the part of fleet_spent reserved for attempts still running
     owners_over: list[UUID]
 
 
@@ -64,9 +65,15 @@ class SpendLedger:
             owner_spent=row["owner_spent"],
         )
 
-    async def state(self, *, user_limit: Decimal | None, timeout: float | None = None) -> SpendState:
+    async def state(
+        self, *, user_limit: Decimal | None, timeout: float | None = None
+    ) -> SpendState:
         row = await self._db.fetchrow(q("spend_state"), user_limit, timeout=timeout)
-        return SpendState(fleet_spent=row["fleet_spent"], owners_over=list(row["owners_over"]))
+        return SpendState(
+            fleet_spent=row["fleet_spent"],
+            fleet_reserved=row["fleet_reserved"],
+            owners_over=list(row["owners_over"]),
+        )
 
     async def spent_today(self, *, owners: Collection[UUID]) -> tuple[Decimal, dict[UUID, Decimal]]:
         """The fleet's spend today and that of each of `owners` (0 for those without any)."""

@@ -93,9 +93,7 @@ def load_prices(overrides: str = "") -> dict[str, ModelPrice]:
     return {**packaged_prices(), **parse_price_overrides(overrides)}
 
 
-def estimate_attempt(
-    npc: NpcRecord, prices: list[ModelPrice], *, max_retries: int
-) -> Decimal:
+def estimate_attempt(npc: NpcRecord, prices: list[ModelPrice], *, max_retries: int) -> Decimal:
     """The most one attempt may cost: the first call and the repair call at the dearest of the
     models that may answer (primary and fallbacks), each asked again up to `max_retries` times
     (a call cut off may still be billed). The prompt is measured, the completion is max_tokens

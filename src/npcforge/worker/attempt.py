@@ -15,8 +15,8 @@ import asyncpg
 
 from npcforge.budget import CostPolicy
 from npcforge.db.jobs import JobQueue
-from npcforge.db.spend import Generations, SpendLedger
 from npcforge.db.npcs import load_npc
+from npcforge.db.spend import Generations, SpendLedger
 from npcforge.errors import (
     AiInvalidXml,
     AiTimeout,

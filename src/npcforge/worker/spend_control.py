@@ -74,7 +74,7 @@ class SpendControl:
             return ClaimFilter(True, [])
         state = await self.ledger.state(user_limit=budget.user, timeout=timeout)
         fleet_over = budget.fleet_over(state.fleet_spent)
-        self._note(state.fleet_spent, fleet_over, set(state.owners_over))
+        self._note(state.fleet_spent, state.fleet_reserved, set(state.owners_over))
         if time.monotonic() - self._counted_at >= HELD_COUNT_EVERY_SECONDS:
             self._counted_at = time.monotonic()
             held = 0
@@ -85,20 +85,23 @@ class SpendControl:
             self.metrics.budget_held_jobs.set(held)
         return ClaimFilter(not fleet_over, state.owners_over, wait=seconds_to_reset())
 
-    def _note(self, spent: Decimal, fleet_over: bool, owners_over: set[UUID]) -> None:
-        """Metrics, and one log line each time a cap is reached or lifts."""
+    def _note(self, spent: Decimal, reserved: Decimal, owners_over: set[UUID]) -> None:
+        """Metrics, and one log line when a cap is reached and one when it lifts. The fleet's
+        cap counts as reached when what was paid (not reserved) reaches it: reservations of
+        calls in flight come and go near the cap, and each would otherwise log twice."""
         budget = self.policy.budget
         self.metrics.budget_spent.set(float(spent))
         if budget.fleet is not None:
             self.metrics.budget_remaining.set(float(max(budget.fleet - spent, Decimal(0))))
-        facts = {"spent_usd": float(spent), "resets_at": next_reset().isoformat()}
-        if fleet_over and not self._fleet_over:
+        paid_over = budget.fleet_over(spent - reserved)
+        facts = {"spent_usd": float(spent - reserved), "resets_at": next_reset().isoformat()}
+        if paid_over and not self._fleet_over:
             log.warning(
                 "fleet daily budget reached: jobs wait queued until it lifts",
                 extra={**facts, "action": "budget_reached", "scope": "fleet",
                        "limit_usd": float(budget.fleet or 0)},
             )  # fmt: skip
-        elif self._fleet_over and not fleet_over:
+        elif self._fleet_over and not paid_over:
             log.info(
                 "fleet daily budget lifted: held jobs run again",
                 extra={**facts, "action": "budget_lifted", "scope": "fleet"},
@@ -114,7 +117,7 @@ class SpendControl:
                 "an owner's daily budget lifted",
                 extra={"action": "budget_lifted", "scope": "user", "owner_id": str(owner)},
             )
-        self._fleet_over = fleet_over
+        self._fleet_over = paid_over
         self._owners_over = owners_over
 
     # --- before the model call ---------------------------------------------------------------
