@@ -278,3 +278,69 @@ async def test_costs_reports_spend_per_day_model_and_owner(conn, db_dsn, storage
     assert report["budget"]["fleetLimitUsd"] is None
     text = await run_cli("costs", env=cli_env(DATABASE_URL=db_dsn))
     assert text.code == 0 and "per model" in text.out and "openai/gpt-4o-mini" in text.out
+
+
+async def _reserve(conn: Any, npc_id: Any, job_id: Any, estimate: str, fleet: str | None,
+                   user: str | None = None) -> Any:  # fmt: skip
+    return await conn.fetchrow(
+        "SELECT * FROM npcforge_spend_reserve($1, $2, 1, 'm', $3::numeric, $4::numeric,"
+        " $5::numeric)",
+        npc_id, job_id, estimate, fleet, user,
+    )  # fmt: skip
+
+
+async def _attempt_row(conn: Any, npc_id: Any, job_id: Any, cost: str | None,
+                       error_code: str | None = None) -> None:  # fmt: skip
+    await conn.execute(
+        "INSERT INTO npc_generation_attempts (job_id, npc_id, attempt, worker_id, started_at,"
+        " outcome, error_code, cost, duration_ms)"
+        " VALUES ($1, $2, 1, 'w', now(), 'failed', $3, $4::numeric, 5)",
+        job_id, npc_id, error_code, cost,
+    )  # fmt: skip
+
+
+async def _fleet_spent(conn: Any) -> Decimal:
+    spent: Decimal = await conn.fetchval(
+        "SELECT amount FROM npcforge_spend_days WHERE payer = 'fleet'"
+        " AND day = (now() AT TIME ZONE 'UTC')::date"
+    )
+    return spent
+
+
+async def test_the_ledger_keeps_cut_off_calls_and_lets_a_crashed_workers_reservation_expire(conn):
+    first, second, third = [await make_npc(conn, ownerId=str(uuid.uuid4())) for _ in range(3)]
+    jobs = [uuid.uuid4() for _ in range(3)]
+    assert (await _reserve(conn, first, jobs[0], "0.5", "1"))["admitted"]
+    assert (await _reserve(conn, second, jobs[1], "0.6", "1"))["admitted"]  # 0.5 < 1: room
+    refused = await _reserve(conn, third, jobs[2], "0.1", "1")
+    assert (refused["admitted"], refused["scope"]) == (False, "fleet")
+    assert await _fleet_spent(conn) == Decimal("1.1")
+    await _attempt_row(conn, first, jobs[0], None)  # cut off, no usage: the estimate stays
+    await _attempt_row(conn, second, jobs[1], None, "WORKER_LOST")  # reaped: released
+    assert await _fleet_spent(conn) == Decimal("0.5")
+    assert (await _reserve(conn, third, jobs[2], "0.1", "1"))["admitted"]
+    await _attempt_row(conn, third, jobs[2], "0.25")  # the reported cost replaces the estimate
+    assert await _fleet_spent(conn) == Decimal("0.75")
+    # The owner's cap counts the owner's own spend only.
+    over = await _reserve(conn, third, uuid.uuid4(), "0.1", None, "0.25")
+    assert (over["admitted"], over["scope"], over["owner_spent"]) == (
+        False,
+        "user",
+        Decimal("0.25"),
+    )
+    assert (await _reserve(conn, first, uuid.uuid4(), "0.1", None, "0.25"))["admitted"] is False
+    assert (await _reserve(conn, second, uuid.uuid4(), "0.1", None, "0.25"))["admitted"]
+
+
+async def test_the_poll_says_a_queued_job_waits_for_the_budget(conn, db_dsn, storage_dir):
+    npc_id = await make_npc(conn)
+    owner = await owner_of(conn, npc_id)
+    job_id = await conn.fetchval("SELECT npcforge_enqueue($1)", npc_id)
+    path = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
+    settings = jwt_settings(NPCFORGE_DAILY_BUDGET_USD="0.5")
+    async with api_harness(db_dsn, storage_dir, settings=settings) as api:
+        before = (await api.client.get(path, headers=bearer(token(owner)))).json()
+        await _reserve(conn, await make_npc(conn), uuid.uuid4(), "0.5", None)
+        during = (await api.client.get(path, headers=bearer(token(owner)))).json()
+    assert (before["status"], before["holdReason"]) == ("queued", None)
+    assert (during["status"], during["holdReason"]) == ("queued", "budget")

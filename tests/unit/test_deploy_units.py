@@ -58,6 +58,8 @@ SPEC_VARIABLES: dict[str, object] = {
     "NPCFORGE_LOG_LEVEL": "info",
     "NPCFORGE_LOG_FORMAT": "",
     "NPCFORGE_JWKS_URL": "",
+    "NPCFORGE_DAILY_BUDGET_USD": "",
+    "NPCFORGE_USER_DAILY_BUDGET_USD": "",
 }
 EXTRA_VARIABLES: dict[str, object] = {
     "NPCFORGE_JOB_DEADLINE_SECONDS": "300",
@@ -68,6 +70,7 @@ EXTRA_VARIABLES: dict[str, object] = {
     "NPCFORGE_HOME": "./.npcforge",
     "NPCFORGE_DB_POOLER": "none",
     "DATABASE_LISTEN_URL": "",
+    "NPCFORGE_MODEL_PRICES": "",
 }
 KNOWN_VARIABLES = {**SPEC_VARIABLES, **EXTRA_VARIABLES}
 SECRETS = (
