@@ -344,3 +344,56 @@ async def test_the_poll_says_a_queued_job_waits_for_the_budget(conn, db_dsn, sto
         during = (await api.client.get(path, headers=bearer(token(owner)))).json()
     assert (before["status"], before["holdReason"]) == ("queued", None)
     assert (during["status"], during["holdReason"]) == ("queued", "budget")
+
+
+async def test_an_owner_at_their_cap_waits_seen_everywhere_and_runs_once_it_lifts(
+    conn, db_dsn, storage_dir, caplog
+):
+    spender, other = await make_npc(conn), await make_npc(conn, ownerId=str(uuid.uuid4()))
+    # The owner of `spender` has a call in flight today that reserved twice their cap.
+    in_flight = uuid.uuid4()
+    assert (await _reserve(conn, spender, in_flight, "0.02", None))["admitted"]
+    held_job = await conn.fetchval("SELECT npcforge_enqueue($1)", spender)
+    await conn.fetchval("SELECT npcforge_enqueue($1)", other)
+    cap = {"NPCFORGE_USER_DAILY_BUDGET_USD": "0.01"}
+    caplog.set_level("INFO", logger="npcforge.budget")
+    async with openrouter_standin() as standin:
+        settings = openrouter_settings(standin, **cap)
+        provider = OpenRouterProvider(settings)
+        async with running_worker(
+            db_dsn, storage_dir, provider=provider, cost_policy=CostPolicy.of(settings)
+        ) as worker:
+            await wait_status(conn, other, "succeeded")
+            await asyncio.sleep(1.5)  # three claim rounds (poll 0.5 s)
+            waiting = await conn.fetchrow(
+                "SELECT generation_job_status::text AS status, generation_job_attempts AS n,"
+                " (SELECT count(*) FROM npc_generation_attempts WHERE job_id = $2) AS rows"
+                " FROM npcs WHERE id = $1",
+                spender, held_job,
+            )  # fmt: skip
+            calls_while_held = len(standin.completions())
+            gauge = worker.metrics.registry.get_sample_value
+            held_gauge, spent_gauge = (
+                gauge("npcforge_budget_held_jobs"),
+                gauge("npcforge_budget_spent_usd"),
+            )
+            cli = cli_env(DATABASE_URL=db_dsn, **cap)
+            status = await run_cli("status", str(spender), "--json", env=cli)
+            doctor = await run_cli("doctor", "--json", env=cli)
+            # The call in flight returns cheaper than reserved: the owner has room again.
+            await _attempt_row(conn, spender, in_flight, "0.001")
+            lifted = await wait_status(conn, spender, "succeeded")
+        await provider.close()
+
+    assert dict(waiting) == {"status": "queued", "n": 0, "rows": 0}  # no attempt burned
+    assert calls_while_held == 1  # only the other owner's job called the model
+    assert held_gauge == 1
+    assert spent_gauge is not None and spent_gauge >= 0.02
+    assert status.code == 0, status.said
+    assert json.loads(status.out)["holdReason"] == "budget"
+    budget_check = next(c for c in json.loads(doctor.out) if c["check"] == "budget")
+    assert not budget_check["ok"] and "1 queued job(s) held" in budget_check["detail"]
+    assert lifted["job_id"] == held_job and lifted["attempts"] == 1
+    actions = [(r.__dict__.get("action"), r.__dict__.get("scope")) for r in caplog.records]
+    assert actions.count(("budget_reached", "user")) == 1
+    assert actions.count(("budget_lifted", "user")) == 1
