@@ -168,7 +168,7 @@ async def test_the_claim_loads_only_the_claimed_records_whatever_the_table_holds
         "UPDATE npcs SET generation_job_status = 'queued' WHERE id = ANY($1::uuid[])", ids[40:42]
     )
     for _ in range(7):  # past the custom plans, into the generic plan of a prepared statement
-        plan = (await _explain_claim(conn, 5))["Plan"]
+        plan = (await _explain_claim(conn, 5, []))["Plan"]
         for node in _nodes(plan):
             if node.get("Relation Name") == "npcs":
                 touched = node["Actual Rows"] * node["Actual Loops"]
