@@ -117,7 +117,7 @@ async def _explain_claim(conn: Any, batch: int, skip_owners: list[Any]) -> dict[
             batch,
             "explain",
             30.0,
-            [],
+            skip_owners,
         )
     finally:
         await tx.rollback()
