@@ -25,7 +25,7 @@ import asyncpg
 
 from npcforge.db.queries import q
 
-CLAIM_ARGS = (20, "bench-worker", 30.0)
+CLAIM_ARGS = (20, "bench-worker", 30.0, [])  # no owner is over a daily budget
 INSERT_QUEUED = """
 INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type, look_type_id,
   greet_message, farewell_message, decline_message, no_shop_message, on_close_shop_message,
@@ -157,7 +157,7 @@ async def part_claim(cluster: h.Cluster, queued: int, repeats: int) -> dict[str,
             "claim_jobs (LIMIT 1), custom plan": await repeat(
                 repeats, conn, claim, (1, *CLAIM_ARGS[1:])
             ),
-            "next_run_after": await repeat(3, conn, q("next_run_after"), ()),
+            "next_run_after": await repeat(3, conn, q("next_run_after"), ([],)),
             "queue_stats": await repeat(3, conn, q("queue_stats"), ()),
         }
         prepared, trips = await conn.prepare(claim), []

@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--force", action="store_true",
-        help="also replace a queued or running job (it is superseded and cannot publish); "
-        "without it a named NPC with such a job is an error and a selected one is skipped "
-        "(default: off)",
+        help="also replace a queued or running job (it is superseded and cannot publish), and "
+        "call the model even when the record is unchanged since its file was made; without "
+        "it a named NPC with such a job is an error and a selected one is skipped (default: off)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
@@ -181,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
         jobs, "cancel", "cancel a queued or running job (ends failed, CANCELLED)", "ops:run_jobs"
     )
     p.add_argument("npc_id", type=_uuid_arg, metavar="NPC_ID", help=_NPC_ID_HELP)
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
+
+    p = _command(
+        sub, "costs",
+        "model spend per UTC day, model and owner from the attempt rows, and today's budgets",
+        "ops:run_costs",
+    )  # fmt: skip
+    p.add_argument(
+        "--days", type=int, default=30,
+        help="the last this many UTC days, today included, 1-3660 (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help=_JSON_HELP + " (default: off)")
 
     p = _command(

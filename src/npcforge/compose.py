@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from npcforge.budget import CostPolicy
 from npcforge.config import ConfigError, Settings
 from npcforge.errors import StorageError
 from npcforge.generation.base import Provider
@@ -91,6 +92,7 @@ def build_worker(
         notifier=SystemdNotifier(
             settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
         ),
+        cost_policy=CostPolicy.of(settings),
     )
 
 

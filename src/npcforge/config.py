@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -193,6 +194,14 @@ class Settings(BaseSettings):
     # Unset: $SUPABASE_URL/auth/v1 when SUPABASE_URL is set (what Supabase Auth puts in `iss`).
     jwt_issuer: str | None = Field(default=None, alias="NPCFORGE_JWT_ISSUER")
     generate_per_minute: int = Field(default=10, ge=1, alias="NPCFORGE_GENERATE_PER_MINUTE")
+    daily_budget_usd: Decimal | None = Field(
+        default=None, gt=0, max_digits=16, decimal_places=8, alias="NPCFORGE_DAILY_BUDGET_USD"
+    )
+    user_daily_budget_usd: Decimal | None = Field(
+        default=None, gt=0, max_digits=16, decimal_places=8, alias="NPCFORGE_USER_DAILY_BUDGET_USD"
+    )
+    # `model=PROMPT/COMPLETION,...` in USD per million tokens, over the packaged price table.
+    model_prices: str = Field(default="", alias="NPCFORGE_MODEL_PRICES")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="NPCFORGE_CORS_ORIGINS"
     )
@@ -241,6 +250,8 @@ class Settings(BaseSettings):
         "jwks_url",
         "database_listen_url",
         "jwt_issuer",
+        "daily_budget_usd",
+        "user_daily_budget_usd",
         mode="before",
     )
     @classmethod

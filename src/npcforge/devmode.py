@@ -25,10 +25,10 @@ from npcforge.embedded import (
     persistent_postgres,
     temporary_postgres,
 )
+from npcforge.errors import findings_of
 from npcforge.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from npcforge.importer import insert_npc, parse_npc, sample_npc_data
 from npcforge.logs import say
-from npcforge.errors import findings_of
 from npcforge.signals import install_signal_handlers
 from npcforge.storage.base import xml_key
 

@@ -13,8 +13,10 @@ from typing import Any
 import aiohttp
 
 from npcforge.api.dto import DoctorCheckOut, json_document
+from npcforge.budget import Budget, CostPolicy
 from npcforge.compose import build_storage
 from npcforge.config import ConfigError, Settings
+from npcforge.costs import budget_overview
 from npcforge.db.connect import connect
 from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import MigrationError, check_current
@@ -101,6 +103,34 @@ async def _check_migrations(conn: Any) -> Check:
             "migrations", False, "not applied: " + ", ".join(missing), "run `npcforge migrate`"
         )
     return Check("migrations", True, "all applied")
+
+
+async def _check_budget(settings: Settings, conn: Any) -> Check:
+    """The daily model budgets: a price to estimate calls with, and whether jobs are held."""
+    budget = Budget.of(settings)
+    if not budget.capped:
+        return Check("budget", True, "no daily model budget set (NPCFORGE_DAILY_BUDGET_USD)")
+    try:
+        CostPolicy.of(settings)
+    except ConfigError as exc:
+        return Check("budget", False, str(exc), "set NPCFORGE_MODEL_PRICES for the model")
+    overview = await budget_overview(conn, budget)
+    detail = f"today ${overview.fleet_spent_usd:.6f} spent (reserved included)"
+    if overview.fleet_limit_usd is not None:
+        detail += f" of ${overview.fleet_limit_usd:.6f}"
+    if overview.user_limit_usd is not None:
+        detail += (
+            f"; ${overview.user_limit_usd:.6f} per owner, {overview.owners_at_limit} owner(s) at it"
+        )
+    if overview.held_jobs == 0:
+        return Check("budget", True, detail)
+    return Check(
+        "budget", False,
+        f"{detail}; {overview.held_jobs} queued job(s) held until the budget allows "
+        f"(resets {overview.resets_at:%Y-%m-%d %H:%M} UTC)",
+        "wait for the reset, or raise NPCFORGE_DAILY_BUDGET_USD / "
+        "NPCFORGE_USER_DAILY_BUDGET_USD and restart the workers",
+    )  # fmt: skip
 
 
 async def _check_queue(conn: Any) -> Check:
@@ -232,6 +262,7 @@ async def run_doctor(settings: Settings, *, json_output: bool = False) -> int:
             checks.append(await _check_migrations(conn))
             if checks[-1].ok:  # the queue's columns are there
                 later.append(lambda: _check_queue(conn))
+                later.append(lambda: _check_budget(settings, conn))
             later.append(lambda: _check_listen(settings, conn, pooled))
         later += [lambda: _check_storage(settings), lambda: _check_provider(settings)]
         for step in later:

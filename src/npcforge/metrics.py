@@ -85,6 +85,33 @@ class WorkerMetrics:
             "npcforge_worker_loop_crashes", "Unexpected errors that restarted a worker loop.",
             ["loop"], registry=r,
         )  # fmt: skip
+        self.reused = Counter(
+            "npcforge_jobs_reused",
+            "Jobs that succeeded with the NPC's stored file (unchanged inputs), no model call.",
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            "npcforge_budget_limit_usd", "NPCFORGE_DAILY_BUDGET_USD (0: no fleet cap).", registry=r
+        )
+        self.budget_spent = Gauge(
+            "npcforge_budget_spent_usd",
+            "Model spend of the fleet today (UTC), settled plus reserved for calls in flight; "
+            "counted while a daily budget is set.",
+            registry=r,
+        )
+        self.budget_remaining = Gauge(
+            "npcforge_budget_remaining_usd", "What the fleet's daily budget still allows today.",
+            registry=r,
+        )  # fmt: skip
+        self.budget_held_jobs = Gauge(
+            "npcforge_budget_held_jobs", "Queued jobs waiting for a daily budget (fleet or owner).",
+            registry=r,
+        )  # fmt: skip
+        self.budget_refusals = Counter(
+            "npcforge_budget_refusals",
+            "Attempts refused at admission by a daily budget (handed back uncounted), by scope.",
+            ["scope"], registry=r,
+        )  # fmt: skip
         self.db_errors = Counter(
             "npcforge_db_errors", "Database errors survived by the worker's loops.", ["loop"],
             registry=r,

@@ -19,8 +19,10 @@ from npcforge.api.dto import (
     QueuedJobOut,
     json_document,
 )
+from npcforge.budget import Budget
 from npcforge.compose import build_storage
 from npcforge.config import ConfigError, Settings
+from npcforge.costs import hold_reasons, run_costs_command
 from npcforge.db.connect import connect
 from npcforge.db.jobs import JobQueue
 from npcforge.db.migrate import migrate
@@ -125,6 +127,7 @@ async def run_status(settings: Settings, args: argparse.Namespace) -> int:
         row = await JobQueue(conn).status(npc_id=args.npc_id)
         if row is None or row["deleted_at"] is not None:
             raise CommandFailed(f"NPC {args.npc_id} does not exist or is deleted")
+        (hold,) = await hold_reasons(conn, Budget.of(settings), [(row["owner_id"], row["status"])])
         error = row["error"] if row["status"] == "failed" and row["error"] else None
         state = NpcJobOut(
             npc_id=row["npc_id"],
@@ -138,6 +141,7 @@ async def run_status(settings: Settings, args: argparse.Namespace) -> int:
             # The size of the file this job stored; an earlier job's file is not this job's.
             content_size_bytes=row["content_size_bytes"] if row["status"] == "succeeded" else None,
             error=_job_error(error) if error else None,
+            hold_reason=hold,
         )
         if args.json:
             print(json_document(state))
@@ -147,6 +151,8 @@ async def run_status(settings: Settings, args: argparse.Namespace) -> int:
             line += f"  job {state.job_id}  attempts {state.attempts}"
         if state.error:
             line += f"  error {state.error.code}: {state.error.message}"
+        if state.hold_reason:
+            line += f"  held: {state.hold_reason} (a daily model budget is spent)"
         print(line)
         for finding in findings_of(state.error):
             print(f"  - {finding}")
@@ -225,13 +231,18 @@ def _queued(rows: list[Any]) -> list[OutputModel]:
     return [QueuedJobOut(npc_id=row["npc_id"], job_id=row["job_id"]) for row in rows]
 
 
-async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
+async def run_jobs_command(conn: Any, args: argparse.Namespace, budget: Budget) -> int:
     command = args.jobs_command
     if command == "list":
         if not 1 <= args.limit <= 10_000:
             raise UsageError("--limit must be between 1 and 10000")
         rows = await JobQueue(conn).recent(status=args.status, limit=args.limit)
-        _emit([JobRowOut.model_validate(dict(row)) for row in rows], args.json, "no jobs")
+        holds = await hold_reasons(conn, budget, [(row["owner_id"], row["status"]) for row in rows])
+        listed: list[OutputModel] = [
+            JobRowOut.model_validate({**row, "hold_reason": hold})
+            for row, hold in zip(rows, holds, strict=True)
+        ]
+        _emit(listed, args.json, "no jobs")
         return EXIT_OK
     if command == "retry":
         if args.npc_id is not None:
@@ -255,4 +266,10 @@ async def run_jobs_command(conn: Any, args: argparse.Namespace) -> int:
 
 
 async def run_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    return await with_conn(settings, lambda conn: run_jobs_command(conn, args))
+    budget = Budget.of(settings)
+    return await with_conn(settings, lambda conn: run_jobs_command(conn, args, budget))
+
+
+async def run_costs(settings: Settings, args: argparse.Namespace) -> int:
+    budget = Budget.of(settings)
+    return await with_conn(settings, lambda conn: run_costs_command(conn, args, budget))

@@ -182,9 +182,9 @@ async def test_doctor_all_ok(db_dsn, tmp_path):
     result = await run_cli("doctor", env=env)
     assert result.code == 0, result.out + result.err
     lines = result.out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["OK"] * 7
+    assert [line.split()[0] for line in lines] == ["OK"] * 8
     assert [line.split()[1].rstrip(":") for line in lines] == [
-        "database", "pooler", "migrations", "queue", "listen/notify", "storage", "provider",
+        "database", "pooler", "migrations", "queue", "budget", "listen/notify", "storage", "provider",
     ]  # fmt: skip
 
 

@@ -27,6 +27,7 @@ VALUE_FOR_TYPE = {
     "jsonb": """'{"code": "AI_TIMEOUT", "message": "forged"}'""",
     "integer": "7",
     "text": "'forged'",
+    "boolean": "true",
 }
 
 

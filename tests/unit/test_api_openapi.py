@@ -73,6 +73,7 @@ def test_every_raised_error_code_is_documented(document):
     documented = all_codes(document)
     assert raised_codes() - APP_LEVEL_CODES <= documented
     assert {"UNAUTHORIZED", "RATE_LIMITED", "PAYLOAD_TOO_LARGE", "XML_NOT_FOUND"} <= documented
+    assert "BUDGET_EXCEEDED" in documented
 
 
 def test_job_error_codes_are_documented(document):
@@ -149,3 +150,14 @@ def test_cursor_round_trip_and_garbage():
         with pytest.raises(ApiError) as refused:
             decode_cursor(bad)
         assert refused.value.code == "INVALID_QUERY_PARAMETERS"
+
+
+def test_the_poll_documents_the_hold_reason(document):
+    schemas = document["components"]["schemas"]
+    holding = [
+        name for name, schema in schemas.items() if "holdReason" in schema.get("properties", {})
+    ]
+    assert "JobStatusOut" in holding  # the poll's answer
+    assert all(
+        "budget" in json.dumps(schemas[name]["properties"]["holdReason"]) for name in holding
+    )

@@ -19,8 +19,8 @@ SRC = Path(npcforge.__file__).parent
 FOUNDATION = {"npcforge", "config", "errors", "exits", "logs", "redaction", "backoff", "npc"}
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", FOUNDATION | {"heap", "metrics", "speedups"}),
-    ("adapters", {"db", "storage", "generation", "embedded"}),
-    ("services", {"worker", "api", "importer", "console"}),
+    ("adapters", {"db", "storage", "generation", "embedded", "budget"}),
+    ("services", {"worker", "api", "importer", "console", "costs"}),
     ("composition", {"compose", "signals"}),
     ("commands", {"daemons", "devmode", "ops", "doctor"}),
     ("entry", {"cli", "__main__"}),

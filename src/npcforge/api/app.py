@@ -26,6 +26,7 @@ from npcforge.api.origins import PreflightGate
 from npcforge.api.polling import PollPath
 from npcforge.api.routes import ENDPOINTS
 from npcforge.api.start_quota import StartQuota
+from npcforge.budget import Budget
 from npcforge.config import Settings
 from npcforge.console.routes import console_mount
 from npcforge.console.state import start_console
@@ -164,7 +165,8 @@ def create_app(
         app.state.storage = storage
         app.state.authenticator = auth
         app.state.start_quota = StartQuota(settings.generate_per_minute)
-        app.state.poll_path = PollPath(app.state.pool, storage, metrics)
+        app.state.budget = Budget.of(settings)
+        app.state.poll_path = PollPath(app.state.pool, storage, metrics, app.state.budget)
         app.state.console = start_console(
             settings, app.state.pool, open_access=not auth.requires_token
         )

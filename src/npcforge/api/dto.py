@@ -19,7 +19,14 @@ from npcforge.errors import JOB_ERROR_CODES
 JobStatus = Literal["queued", "processing", "succeeded", "failed"]
 # A listed job that is no longer the NPC's current one and did not end in success or failure.
 ListedJobStatus = Literal["queued", "processing", "succeeded", "failed", "superseded"]
-AttemptOutcome = Literal["succeeded", "failed", "retry", "discarded", "released"]
+AttemptOutcome = Literal["succeeded", "reused", "failed", "retry", "discarded", "released"]
+# Why a queued job is not running: "budget" while the fleet's or the owner's daily model budget
+# is spent (NPCFORGE_DAILY_BUDGET_USD, NPCFORGE_USER_DAILY_BUDGET_USD).
+HoldReason = Literal["budget"]
+HOLD_REASON_HELP = (
+    "\"budget\" while the job is queued and the fleet's or its owner's daily model budget is "
+    "spent (it runs once the budget allows: the next UTC day, or a raised budget); else null."
+)
 
 MAX_CURRENT_XML_CHARS = 131_072
 MAX_BODY_BYTES = 256 * 1024
@@ -139,6 +146,7 @@ class JobStatusOut(OutputModel):
     error: JobErrorOut | None = Field(description="Set when `failed`, else null.")
     updated_at: datetime = Field(description="When the job's state last changed.")
     attempts: int = Field(ge=0, description="Attempts started so far.")
+    hold_reason: HoldReason | None = Field(default=None, description=HOLD_REASON_HELP)
 
 
 class AttemptOut(OutputModel):
@@ -229,6 +237,7 @@ class NpcJobOut(OutputModel):
     finished_at: datetime | None
     content_size_bytes: int | None = Field(description="The stored file's size when succeeded.")
     error: JobErrorDetailOut | None
+    hold_reason: HoldReason | None = Field(default=None, description=HOLD_REASON_HELP)
 
 
 class JobRowOut(OutputModel):
@@ -243,6 +252,7 @@ class JobRowOut(OutputModel):
     started_at: datetime | None
     updated_at: datetime | None
     worker: str | None = Field(description="The worker holding the lease, while processing.")
+    hold_reason: HoldReason | None = Field(default=None, description=HOLD_REASON_HELP)
 
 
 class QueuedJobOut(OutputModel):

@@ -25,12 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from npcforge.api.auth import Principal
-from npcforge.api.dto import JobErrorOut, JobPath, JobStatus, JobStatusOut, NoQuery
+from npcforge.api.dto import HoldReason, JobErrorOut, JobPath, JobStatus, JobStatusOut, NoQuery
 from npcforge.api.errors import ApiError, npc_not_found
 from npcforge.api.inputs import parse_query, path_ids
 from npcforge.api.lookups import JobStatusLookups
 from npcforge.api.metrics import ApiMetrics
 from npcforge.api.replies import JsonReply
+from npcforge.budget import Budget
+from npcforge.costs import hold_reasons
 from npcforge.errors import StorageError
 from npcforge.storage.base import Storage, xml_key
 
@@ -40,7 +42,9 @@ log = logging.getLogger("npcforge.api")
 class PollPath:
     """Built in the app's lifespan, one per app; `answer` is what the route calls."""
 
-    def __init__(self, pool: Any, storage: Storage, metrics: ApiMetrics) -> None:
+    def __init__(self, pool: Any, storage: Storage, metrics: ApiMetrics, budget: Budget) -> None:
+        self.pool = pool
+        self.budget = budget
         self.lookups = JobStatusLookups(pool)
         self.answers = PollAnswers()
         self.storage = storage
@@ -72,14 +76,15 @@ class PollPath:
                     404, "XML_NOT_FOUND",
                     "The generated XML file is missing from storage; start a new generation job.",
                 )  # fmt: skip
+        (hold,) = await hold_reasons(self.pool, self.budget, [(row["owner_id"], status)])
         # Everything the answer is made of besides the NPC's id, which keys it.
         made_of = (
             job_id, status, row["content_size_bytes"], row["error"], row["updated_at"],
-            row["attempts"],
+            row["attempts"], hold,
         )  # fmt: skip
         answer = self.answers.get(npc_id, made_of, data)
         if answer is None:
-            answer = job_status_answer(npc_id, job_id, row, status, data)
+            answer = job_status_answer(npc_id, job_id, row, status, data, hold=hold)
             self.answers.put(npc_id, made_of, data, answer)
         return JsonReply(answer)
 
@@ -123,7 +128,13 @@ def storage_failure(exc: StorageError, npc_id: UUID, job_id: UUID) -> ApiError:
 
 
 def job_status_answer(
-    npc_id: UUID, job_id: UUID, row: Any, status: JobStatus, data: bytes | None
+    npc_id: UUID,
+    job_id: UUID,
+    row: Any,
+    status: JobStatus,
+    data: bytes | None,
+    *,
+    hold: HoldReason | None = None,
 ) -> bytes:
     out = JobStatusOut(
         job_id=job_id,
@@ -134,6 +145,7 @@ def job_status_answer(
         error=job_error_out(row["error"]) if status == "failed" else None,
         updated_at=row["updated_at"],
         attempts=row["attempts"],
+        hold_reason=hold,
     )
     return out.__pydantic_serializer__.to_json(out)
 

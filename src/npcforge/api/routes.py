@@ -34,6 +34,7 @@ from npcforge.api.dto import (
 from npcforge.api.errors import NO_STORE, ApiError, npc_not_found
 from npcforge.api.inputs import parse_generate_body, parse_query, path_ids
 from npcforge.api.openapi import Endpoint, Reply
+from npcforge.api.owner_budget import refuse_over_budget
 from npcforge.api.polling import PollPath, job_error_out
 from npcforge.api.replies import JSON, JsonReply
 from npcforge.db.jobs import JobQueue
@@ -66,6 +67,9 @@ async def start_generation(request: Request) -> Response:
     force = parse_query(request, StartQuery).force == "true"
     await parse_generate_body(request)  # checked; regenerate/currentXml do not change the job
     state = request.app.state
+    await refuse_over_budget(
+        state.pool, state.budget, npc_id=npc_id, owner=principal.owner_filter()
+    )
     try:
         slot = state.start_quota.acquire(principal)
     except ApiError:
@@ -203,11 +207,18 @@ ENDPOINTS: list[Endpoint] = [
         description=(
             "Queues a job that writes the NPC's XML. Only the NPC's owner (or the service role) "
             "may start one. Job starts are capped per user and minute (`NPCFORGE_GENERATE_PER_"
-            f"MINUTE`). The body is optional and at most {MAX_BODY_BYTES} bytes."
+            "MINUTE`, `RATE_LIMITED`), and refused while the NPC owner's daily model budget is "
+            "spent (`NPCFORGE_USER_DAILY_BUDGET_USD`, `BUDGET_EXCEEDED`, with `Retry-After` and "
+            "`details.resetsAt`, the next UTC midnight). `force=true` also calls the model when "
+            "the record is unchanged since its file was made. The body is optional and at most "
+            f"{MAX_BODY_BYTES} bytes."
         ),
         reply=Reply(202, "The job is queued.", GenerateAccepted, links=_JOB_LINKS),
         path_model=NpcPath, query_model=StartQuery, body_model=GenerateBody,
-        errors={404: ("NPC_NOT_FOUND",), 409: ("GENERATION_JOB_CONFLICT",), 429: ("RATE_LIMITED",)},
+        errors={
+            404: ("NPC_NOT_FOUND",), 409: ("GENERATION_JOB_CONFLICT",),
+            429: ("RATE_LIMITED", "BUDGET_EXCEEDED"),
+        },
     ),
     Endpoint(
         "GET", "/api/npcs/{npcId}/generation-jobs/{jobId}", job_status,

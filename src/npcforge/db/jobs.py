@@ -40,6 +40,8 @@ class Lease:
     # The record came with the claim (None there: the NPC was deleted); an adopted job has none.
     record: NpcRecord | None = None
     record_loaded: bool = False
+    # Started with force: call the model even when the record's file could be reused.
+    force: bool = False
 
 
 class Fenced(Protocol):
@@ -104,11 +106,18 @@ class JobQueue:
     # --- the worker: claims and leases --------------------------------------------------
 
     async def claim(
-        self, *, worker_id: str, limit: int, lease_seconds: float, timeout: float | None = None
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        skip_owners: Collection[UUID] = (),
+        timeout: float | None = None,
     ) -> list[Lease]:
-        """Up to `limit` runnable jobs, oldest first, each with its record."""
+        """Up to `limit` runnable jobs, oldest first, each with its record; none of an owner
+        in `skip_owners` (whose daily budget is spent)."""
         rows = await self._db.fetch(
-            q("claim_jobs"), limit, worker_id, lease_seconds, timeout=timeout
+            q("claim_jobs"), limit, worker_id, lease_seconds, list(skip_owners), timeout=timeout
         )
         return [_lease(row, npc_id=row["claimed_id"], with_record=True) for row in rows]
 
@@ -219,9 +228,14 @@ class JobQueue:
 
     # --- the worker: the queue's state --------------------------------------------------
 
-    async def next_run_after(self, *, timeout: float | None = None) -> timedelta | None:
-        """How long until the earliest queued job is due (None when nothing is queued)."""
-        wait: timedelta | None = await self._db.fetchval(q("next_run_after"), timeout=timeout)
+    async def next_run_after(
+        self, *, skip_owners: Collection[UUID] = (), timeout: float | None = None
+    ) -> timedelta | None:
+        """How long until the earliest queued job (of an owner not in `skip_owners`) is due
+        (None when nothing is queued)."""
+        wait: timedelta | None = await self._db.fetchval(
+            q("next_run_after"), list(skip_owners), timeout=timeout
+        )
         return wait
 
     async def stats(self, *, timeout: float | None = None) -> QueueStats | None:
@@ -338,6 +352,7 @@ def _lease(row: Row, *, npc_id: UUID, with_record: bool) -> Lease:
         claimed_at=row["claimed_at"],
         record=record,
         record_loaded=with_record,
+        force=row["job_force"],
     )
 
 

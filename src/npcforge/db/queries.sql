@@ -2,13 +2,15 @@
 -- Loaded once by npcforge.db.queries; reviewed and EXPLAINed as SQL.
 
 -- name: claim_jobs
--- Take up to $1 runnable jobs, oldest first, skipping rows other workers hold, and return each
--- with its record (NULL columns when the NPC was deleted).
+-- Take up to $1 runnable jobs, oldest first, skipping rows other workers hold and jobs of the
+-- owners in $4 (whose daily budget is spent), and return each with its record (NULL columns
+-- when the NPC was deleted).
 WITH picked AS (
   SELECT id
     FROM npcs
    WHERE generation_job_status = 'queued'
      AND generation_job_run_after <= now()
+     AND owner_id <> ALL($4::uuid[])
    ORDER BY generation_job_run_after, id
    LIMIT $1
    FOR UPDATE SKIP LOCKED
@@ -24,9 +26,11 @@ WITH picked AS (
  WHERE n.id = picked.id
 RETURNING n.id, n.generation_job_id AS job_id, n.generation_job_lease_token AS lease_token,
           n.generation_job_attempts AS attempt, n.generation_job_queued_at AS queued_at,
-          n.generation_job_claimed_at AS claimed_at
+          n.generation_job_claimed_at AS claimed_at,
+          coalesce(n.generation_job_force, false) AS job_force
 )
-SELECT c.id AS claimed_id, c.job_id, c.lease_token, c.attempt, c.queued_at, c.claimed_at, r.*
+SELECT c.id AS claimed_id, c.job_id, c.lease_token, c.attempt, c.queued_at, c.claimed_at,
+       c.job_force, r.*
   FROM claimed c
   -- One record lookup per claimed row. As a plain join the planner (which cannot see how few
   -- rows `claimed` returns) scanned the whole view, building every NPC's shop and keyword
@@ -42,7 +46,8 @@ SELECT c.id AS claimed_id, c.job_id, c.lease_token, c.attempt, c.queued_at, c.cl
 -- claimer runs this between its own claims, so no claim of its own is in flight.
 SELECT id, generation_job_id AS job_id, generation_job_lease_token AS lease_token,
        generation_job_attempts AS attempt, generation_job_queued_at AS queued_at,
-       generation_job_claimed_at AS claimed_at
+       generation_job_claimed_at AS claimed_at,
+       coalesce(generation_job_force, false) AS job_force
   FROM npcs
  WHERE generation_job_status = 'processing'
    AND generation_job_lease_owner = $1
@@ -202,13 +207,18 @@ WITH finished AS (
   SELECT f.id, f.generation_job_id, x.xml, octet_length(x.xml)
     FROM finished AS f
     JOIN unnest($1::uuid[], $21::text[]) AS x(id, xml) ON x.id = f.id
+   -- A file equal to the newest kept one (a reused file, or the model wrote the same) is not
+   -- kept twice: the history would fill with copies and the diff would show nothing.
+   WHERE x.xml IS DISTINCT FROM (SELECT w.xml FROM npc_xml_versions AS w
+                                  WHERE w.npc_id = f.id ORDER BY w.id DESC LIMIT 1)
+  RETURNING npc_id
 ), pruned AS (
   -- Those beyond the newest 4 already kept (the one inserted above is the fifth).
   DELETE FROM npc_xml_versions AS v
-   USING finished AS f
-   WHERE v.npc_id = f.id
+   USING versions AS f
+   WHERE v.npc_id = f.npc_id
      AND v.id < (SELECT min(k.id) FROM (SELECT w.id FROM npc_xml_versions AS w
-                                          WHERE w.npc_id = f.id ORDER BY w.id DESC LIMIT 4) AS k)
+                                          WHERE w.npc_id = f.npc_id ORDER BY w.id DESC LIMIT 4) AS k)
 )
 INSERT INTO npc_generation_attempts (
   job_id, npc_id, attempt, worker_id, started_at, outcome, error_code, error_message, model,
@@ -260,16 +270,18 @@ SELECT *
 SELECT outcome
   FROM npc_generation_attempts
  WHERE job_id = $1 AND attempt = $2 AND worker_id = $3 AND started_at = $4
-   AND outcome IN ('succeeded', 'failed', 'retry')
+   AND outcome IN ('succeeded', 'reused', 'failed', 'retry')
    AND error_code IS DISTINCT FROM 'WORKER_LOST'
  ORDER BY id DESC
  LIMIT 1;
 
 -- name: next_run_after
--- When the earliest delayed job becomes runnable (NULL when nothing is queued).
+-- When the earliest delayed job becomes runnable (NULL when nothing is queued), leaving out the
+-- jobs of the owners in $1 (whose daily budget is spent).
 SELECT min(generation_job_run_after) - now() AS wait
   FROM npcs
- WHERE generation_job_status = 'queued';
+ WHERE generation_job_status = 'queued'
+   AND owner_id <> ALL($1::uuid[]);
 
 -- name: queue_stats
 -- Depth counts queued jobs (capped, so a huge backlog costs a bounded scan); the age only counts
@@ -303,7 +315,8 @@ WITH chosen AS (
      AND ($1::text[] IS NULL OR coalesce(generation_job_status::text, 'none') = ANY($1::text[]))
 ), queued AS (
   UPDATE npcs AS n
-     SET generation_job_status = 'queued', generation_job_id = gen_random_uuid()
+     SET generation_job_status = 'queued', generation_job_id = gen_random_uuid(),
+         generation_job_force = $2
     FROM chosen AS c
    WHERE n.id = c.id AND n.deleted_at IS NULL
      AND ($2 OR n.generation_job_status IS NULL
@@ -340,7 +353,8 @@ WITH target AS (
      FOR UPDATE
 ), started AS (
   UPDATE npcs AS n
-     SET generation_job_status = 'queued', generation_job_id = gen_random_uuid()
+     SET generation_job_status = 'queued', generation_job_id = gen_random_uuid(),
+         generation_job_force = $3
     FROM target t
    WHERE n.id = t.id
      AND ($3 OR t.generation_job_status IS NULL
@@ -354,7 +368,7 @@ SELECT (SELECT count(*) FROM target) AS found,
   LEFT JOIN started s ON true;
 
 -- name: jobs_list
-SELECT n.id AS npc_id, n.name, n.generation_job_id AS job_id,
+SELECT n.id AS npc_id, n.owner_id, n.name, n.generation_job_id AS job_id,
        n.generation_job_status::text AS status, n.generation_job_attempts AS attempts,
        n.generation_job_error ->> 'code' AS error_code, n.generation_job_started_at AS started_at,
        n.generation_job_updated_at AS updated_at, n.generation_job_lease_owner AS worker
@@ -532,3 +546,78 @@ SELECT version, checksum FROM npcforge_schema_migrations;
 
 -- name: migration_applied
 INSERT INTO npcforge_schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
+
+-- name: spend_reserve
+-- Cost control: admit one model-calling attempt and reserve its estimated cost, or refuse it at
+-- a cap ($1 npc, $2 job, $3 attempt, $4 model, $5 estimate, $6 fleet cap, $7 owner cap; NULL:
+-- none); see 0008_cost.sql.
+SELECT admitted, scope, fleet_spent, owner_spent
+  FROM npcforge_spend_reserve($1, $2, $3, $4, $5, $6, $7);
+
+-- name: spend_state
+-- Cost control: today's (UTC) spend of the fleet (settled plus reserved), the part of it still
+-- reserved for calls in flight, and the owners whose own spend reached $1 (NULL: no owner cap).
+SELECT coalesce((SELECT amount FROM npcforge_spend_days
+                  WHERE day = (now() AT TIME ZONE 'UTC')::date AND payer = 'fleet'), 0)
+         AS fleet_spent,
+       coalesce((SELECT sum(estimate) FROM npcforge_spend
+                  WHERE settled_at IS NULL AND day = (now() AT TIME ZONE 'UTC')::date), 0)
+         AS fleet_reserved,
+       ARRAY(SELECT payer::uuid FROM npcforge_spend_days
+              WHERE day = (now() AT TIME ZONE 'UTC')::date AND payer <> 'fleet'
+                AND $1::numeric IS NOT NULL AND amount >= $1::numeric
+              ORDER BY payer) AS owners_over;
+
+-- name: spend_of_owners
+-- Cost control: today's spend of the fleet and of each owner in $1 (rows only where spent).
+SELECT payer, amount
+  FROM npcforge_spend_days
+ WHERE day = (now() AT TIME ZONE 'UTC')::date
+   AND (payer = 'fleet' OR payer = ANY($1::text[]));
+
+-- name: spend_of_npc_owner
+-- The API's start: the owner of NPC $1 (NULL when missing, deleted or not $2's) and what that
+-- owner spent today.
+SELECT n.owner_id, coalesce(d.amount, 0) AS spent
+  FROM npcs n
+  LEFT JOIN npcforge_spend_days d
+    ON d.day = (now() AT TIME ZONE 'UTC')::date AND d.payer = n.owner_id::text
+ WHERE n.id = $1 AND n.deleted_at IS NULL AND ($2::uuid IS NULL OR n.owner_id = $2);
+
+-- name: spend_held_jobs
+-- Cost control: queued jobs waiting on a budget: all of them when the fleet's is spent ($1),
+-- else those of the owners in $2.
+SELECT count(*) AS held
+  FROM npcs
+ WHERE generation_job_status = 'queued'
+   AND ($1 OR owner_id = ANY($2::uuid[]));
+
+-- name: spend_costs
+-- `npcforge costs`: model spend from the attempt rows since $1, per UTC day, model and owner.
+SELECT (a.started_at AT TIME ZONE 'UTC')::date AS day, a.model, n.owner_id,
+       count(*) AS attempts,
+       count(*) FILTER (WHERE a.outcome = 'reused') AS reused,
+       coalesce(sum(a.cost), 0) AS cost,
+       coalesce(sum(a.prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(a.completion_tokens), 0)::bigint AS completion_tokens
+  FROM npc_generation_attempts a
+  LEFT JOIN npcs n ON n.id = a.npc_id
+ WHERE a.started_at >= $1
+ GROUP BY 1, 2, 3
+ ORDER BY 1 DESC, 2, 3;
+
+-- name: generation_last
+-- Reuse: what the NPC's last successful generation was made from, and its file.
+SELECT input_hash, xml_sha256, size_bytes FROM npcforge_generations WHERE npc_id = $1;
+
+-- name: generation_remember
+-- Reuse: after a job of NPC $1 ($2) published a file made from inputs hashing to $3 ($4 its
+-- SHA-256, $5 its size). Only a job that is still the NPC's succeeded one is remembered.
+INSERT INTO npcforge_generations (npc_id, job_id, input_hash, xml_sha256, size_bytes)
+SELECT n.id, $2, $3, $4, $5
+  FROM npcs n
+ WHERE n.id = $1 AND n.generation_job_id = $2 AND n.generation_job_status = 'succeeded'
+ON CONFLICT (npc_id) DO UPDATE
+   SET job_id = excluded.job_id, input_hash = excluded.input_hash,
+       xml_sha256 = excluded.xml_sha256, size_bytes = excluded.size_bytes,
+       generated_at = now();

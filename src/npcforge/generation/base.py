@@ -28,6 +28,9 @@ class CallStats:
     cost: float | None = None
     retries: int = 0
     upstream_ms: float = 0.0
+    # HTTP requests sent, and those whose answer was read (an unanswered one may be billed).
+    requests: int = 0
+    answered: int = 0
 
     def add(self, later: CallStats) -> None:
         """Count a later call in: tokens, cost, retries and time add up; the model and ids
@@ -43,6 +46,8 @@ class CallStats:
             self.cost = (self.cost or 0.0) + later.cost
         self.retries += later.retries
         self.upstream_ms += later.upstream_ms
+        self.requests += later.requests
+        self.answered += later.answered
 
 
 @dataclass(slots=True)

@@ -298,6 +298,7 @@ class OpenRouterProvider:
         request_id: str | None = None
         header_generation: str | None = None
         retry_after: float | None = None
+        stats.requests += 1
         try:
             async with session.post(
                 self._url, data=speedups.json_bytes(body), headers=self._headers(), timeout=timeout
@@ -309,6 +310,7 @@ class OpenRouterProvider:
                 header_generation = self._clean(response.headers.get("x-generation-id"))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 raw = await self._read_body(response)
+                stats.answered += 1
         except (TimeoutError, aiohttp.ClientError) as exc:
             elapsed = (time.monotonic() - started) * 1000
             stats.upstream_ms += elapsed

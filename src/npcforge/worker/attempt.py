@@ -1,4 +1,5 @@
-"""One job attempt, start to end: load → generate → validate (→ repair) → publish or fail.
+"""One job attempt, start to end: load → (reuse the stored file, or be admitted by the daily
+budgets →) generate → validate (→ repair) → publish or fail.
 
 The attempt's product (the XML, or the failure) is made once and kept on the claim; every write
 after that is fenced by the claim's lease (see `claims.Outcomes` and `publisher`).
@@ -12,8 +13,10 @@ import time
 
 import asyncpg
 
+from npcforge.budget import CostPolicy
 from npcforge.db.jobs import JobQueue
 from npcforge.db.npcs import load_npc
+from npcforge.db.spend import Generations, SpendLedger
 from npcforge.errors import (
     AiInvalidXml,
     AiTimeout,
@@ -28,8 +31,9 @@ from npcforge.generation.stored_xml import check_npc_xml
 from npcforge.metrics import WorkerMetrics
 from npcforge.npc import NpcRecord
 from npcforge.storage.base import Storage
-from npcforge.worker.claims import Claim, Outcome, Outcomes, log_fields
+from npcforge.worker.claims import Claim, Held, Outcome, Outcomes, Reused, log_fields
 from npcforge.worker.publisher import Publisher
+from npcforge.worker.spend_control import SpendControl
 
 log = logging.getLogger("npcforge.worker")
 
@@ -82,9 +86,15 @@ class JobRunner:
         max_attempts: int,
         job_deadline: float,
         metrics: WorkerMetrics,
+        spend: SpendControl | None = None,
         max_retry_delay: float = 180.0,
     ) -> None:
         self.pool = pool
+        # Without one: no budget, no reuse (a provider that calls no model).
+        self.spend = spend or SpendControl(
+            CostPolicy(), ledger=SpendLedger(pool), generations=Generations(pool),
+            storage=storage, metrics=metrics,
+        )  # fmt: skip
         self.provider = provider
         self.worker_id = worker_id
         self.job_deadline = job_deadline
@@ -108,11 +118,44 @@ class JobRunner:
             claim.result = await self._produce(claim)
             claim.upload_deadline = time.monotonic() + self.job_deadline
         claim.phase = "finalizing"
-        if isinstance(claim.result, JobError):
-            return await self.fail(claim, claim.result)
-        return await self.publisher.publish(claim, claim.result)
+        result = claim.result
+        if isinstance(result, JobError):
+            return await self.fail(claim, result)
+        if isinstance(result, Reused):
+            return await self._finish_reused(claim, result)
+        if isinstance(result, Held):
+            return await self._hand_back_held(claim)
+        outcome = await self.publisher.publish(claim, result)
+        if outcome.status == "succeeded":
+            try:
+                await self.spend.remember(claim, result)
+            except Exception as exc:  # only a later reuse is lost; the job is done
+                log.warning(
+                    "could not remember what the file was made from",
+                    extra={**log_fields(claim, self.worker_id), "error": type(exc).__name__},
+                )
+        return outcome
 
-    async def _produce(self, claim: Claim) -> bytes | JobError:
+    async def _finish_reused(self, claim: Claim, reused: Reused) -> Outcome:
+        """Succeed with the stored file: no upload, an attempt row `reused` that cost nothing."""
+        claim.stats.model = self.spend.policy.model
+        claim.stats.cost = 0.0
+        outcome = Outcome("reused", stats=claim.stats)
+        async with self.pool.acquire() as conn, conn.transaction():
+            jobs = JobQueue(conn)
+            if claim.lease_token not in await jobs.hold_for_publish(jobs=[claim]):
+                return await self.outcomes.fenced_off(jobs, claim, None)
+            await jobs.finish_succeeded(
+                jobs=[(claim, reused.data)], attempts=[self.outcomes.row(claim, outcome)]
+            )
+        return outcome
+
+    async def _hand_back_held(self, claim: Claim) -> Outcome:
+        """A daily budget refused the model call: back to the queue, the attempt not counted."""
+        await JobQueue(self.pool).release(worker_id=self.worker_id, tokens=[claim.lease_token])
+        return Outcome("held")
+
+    async def _produce(self, claim: Claim) -> bytes | JobError | Reused | Held:
         stats = claim.stats
         if claim.record_loaded:
             npc = claim.record
@@ -127,6 +170,12 @@ class JobRunner:
                 f" {problems[0].describe()}",
                 details={"rows": [problem.as_detail() for problem in problems]},
             )
+        stored = await self.spend.reusable(claim, npc)
+        if stored is not None:
+            return Reused(stored)
+        admission = await self.spend.admit(claim, npc)
+        if admission is not None and not admission.admitted:
+            return Held(admission.scope or "fleet")
         gen_started = time.monotonic()
         try:
             xml = await generate_valid_xml(
@@ -143,6 +192,7 @@ class JobRunner:
             return InternalError(f"internal error ({type(exc).__name__})")
         finally:
             self.metrics.provider_latency.observe(time.monotonic() - gen_started)
+            self.spend.price(claim)
         return xml.encode("utf-8")
 
     async def fail(self, claim: Claim, error: JobError) -> Outcome:

@@ -19,6 +19,7 @@ from npcforge.db.jobs import JobQueue
 from npcforge.generation.base import Provider
 from npcforge.worker.claims import Claim
 from npcforge.worker.inflight import InFlight
+from npcforge.worker.spend_control import SpendControl
 from npcforge.worker.supervisor import Supervisor
 
 log = logging.getLogger("npcforge.worker")
@@ -56,6 +57,7 @@ class Claimer:
     jobs: JobQueue
     inflight: InFlight
     provider: Provider
+    spend: SpendControl
     supervisor: Supervisor
     wakeups: Wakeups
     stopping: asyncio.Event
@@ -91,25 +93,36 @@ class Claimer:
                 try:
                     if self.in_doubt:
                         free -= await self._adopt_lost_claims()
-                    self.in_doubt = True
-                    leases = await self.jobs.claim(
-                        worker_id=self.worker_id, limit=free, lease_seconds=self.lease_seconds,
-                        timeout=self.claim_timeout,
-                    )  # fmt: skip
-                    self.in_doubt = False
+                    budgets = await self.spend.claim_filter(timeout=self.db_timeout)
+                    leases = []
+                    if budgets.may_claim:
+                        self.in_doubt = True
+                        leases = await self.jobs.claim(
+                            worker_id=self.worker_id, limit=free,
+                            lease_seconds=self.lease_seconds, skip_owners=budgets.skip_owners,
+                            timeout=self.claim_timeout,
+                        )  # fmt: skip
+                        self.in_doubt = False
                     for lease in leases:
                         self.inflight.start(lease, from_notify=from_notify)
                     wait = None
-                    if len(leases) < free:
+                    if not budgets.may_claim:
+                        # The fleet's budget is spent: look again at the next poll (a settled
+                        # call or a raised budget may free room), at the latest at midnight.
                         wakeups.maybe_more = False
-                        wait = await self.jobs.next_run_after(timeout=self.db_timeout)
+                        timeout = min(timeout, budgets.wait or timeout)
+                    elif len(leases) < free:
+                        wakeups.maybe_more = False
+                        wait = await self.jobs.next_run_after(
+                            skip_owners=budgets.skip_owners, timeout=self.db_timeout
+                        )
                 except DB_UNAVAILABLE as exc:
                     # Retry soon; a listener reconnect wakes us earlier for the catch-up claim.
                     timeout = min(timeout, self.supervisor.db_trouble("claimer", exc))
                 else:
                     self.supervisor.db_fine("claimer")
                     self._claimed()
-                    if len(leases) == free:
+                    if budgets.may_claim and len(leases) == free:
                         continue  # a full batch: there may be more right now
                     if wait is not None:
                         timeout = min(timeout, max(MIN_CLAIM_PAUSE, wait.total_seconds()))

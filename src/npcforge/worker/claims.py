@@ -19,14 +19,32 @@ from npcforge.errors import JobError
 from npcforge.generation.base import CallStats
 
 Phase = Literal["producing", "finalizing"]
-# "deferred" never leaves the runner: an upload to try again, nothing written.
-OutcomeStatus = Literal["succeeded", "failed", "retry", "discarded", "released", "deferred"]
+# "deferred" never leaves the runner: an upload to try again, nothing written. "reused": the
+# NPC's stored file was made from the same inputs, no model call. "held": a daily budget is
+# spent; the job went back to the queue, its attempt not counted and no attempt row written.
+OutcomeStatus = Literal[
+    "succeeded", "reused", "failed", "retry", "discarded", "released", "deferred", "held"
+]
 # Backoff between attempts of a job (full jitter, seconds), unless the failure named a delay.
 NEXT_ATTEMPT_BASE = 2.0
 NEXT_ATTEMPT_CAP = 300.0
 
 
 LEASE_FIELDS = tuple(lease_field.name for lease_field in fields(Lease))
+
+
+@dataclass(frozen=True, slots=True)
+class Reused:
+    """The attempt's product when the stored file can be reused: the file as stored."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The attempt's product when a daily budget refused the model call."""
+
+    scope: str  # 'fleet' or 'user'
 
 
 @dataclass(slots=True)
@@ -40,8 +58,11 @@ class Claim(Lease):
     abandoned: str | None = None
     # A finalize failed after it may have reached the server: its commit is in doubt.
     finalize_in_doubt: bool = False
-    # The attempt's product, kept across database outages: XML bytes or the failure.
-    result: bytes | JobError | None = None
+    # The attempt's product, kept across database outages: XML bytes or the failure (or the
+    # reuse of the stored file, or a budget's refusal).
+    result: bytes | JobError | Reused | Held | None = None
+    # What the file is made from (see generation.pricing.input_hash), when reuse applies.
+    input_hash: str | None = None
     stats: CallStats = field(default_factory=CallStats)
     # Until when (monotonic) a failed upload of the result is tried again in place.
     upload_deadline: float = math.inf

@@ -23,9 +23,11 @@ from collections.abc import Awaitable
 
 import asyncpg
 
+from npcforge.budget import CostPolicy
 from npcforge.db.connect import DB_UNAVAILABLE, create_pool
 from npcforge.db.console import WorkerRoster
 from npcforge.db.jobs import JobQueue
+from npcforge.db.spend import Generations, SpendLedger
 from npcforge.generation.base import Provider
 from npcforge.metrics import WorkerMetrics
 from npcforge.storage.base import Storage
@@ -38,6 +40,7 @@ from npcforge.worker.listener import Listener
 from npcforge.worker.options import WorkerOptions
 from npcforge.worker.presence import Presence
 from npcforge.worker.sdnotify import SystemdNotifier
+from npcforge.worker.spend_control import SpendControl
 from npcforge.worker.supervisor import Supervisor, loop_backoff
 
 log = logging.getLogger("npcforge.worker")
@@ -65,8 +68,11 @@ class Worker:
         worker_id: str | None = None,
         listen_dsn: str | None = None,
         transaction_pooler: bool = False,
+        cost_policy: CostPolicy | None = None,
     ) -> None:
         self.dsn = dsn
+        # Daily budgets, prices and reuse (a provider that calls no model: none of them).
+        self.cost_policy = cost_policy or CostPolicy()
         # LISTEN needs a session of its own: behind a transaction pooler (`transaction_pooler`,
         # the pools' DSN) it goes over `listen_dsn`, a direct or session-mode URL.
         self.listen_dsn = listen_dsn or dsn
@@ -183,6 +189,13 @@ class Worker:
             return  # stopped before the database was ever reachable
         assert self.pool is not None and self.control is not None
         jobs = JobQueue(self.control)
+        spend = SpendControl(
+            self.cost_policy,
+            ledger=SpendLedger(self.control),
+            generations=Generations(self.pool),
+            storage=self.storage,
+            metrics=self.metrics,
+        )
         self.inflight.runner = JobRunner(
             pool=self.pool,
             provider=self.provider,
@@ -191,12 +204,14 @@ class Worker:
             max_attempts=self.options.max_attempts,
             job_deadline=self.options.job_deadline_seconds,
             metrics=self.metrics,
+            spend=spend,
             max_retry_delay=self.options.max_retry_delay_seconds,
         )
         claimer = Claimer(
             jobs=jobs,
             inflight=self.inflight,
             provider=self.provider,
+            spend=spend,
             supervisor=self.supervisor,
             wakeups=self.wakeups,
             stopping=self.stopping,

@@ -181,11 +181,17 @@ class InFlight:
         }
         if outcome.error is not None:
             extra["code"] = outcome.error.code
-        if outcome.status == "succeeded":
+        if outcome.status in ("succeeded", "reused"):
             self.metrics.succeeded.inc()
             if claim.queued_at is not None:
                 self.metrics.end_to_end.observe(_age(claim.queued_at))
-            log.info("job succeeded", extra=extra)
+            if outcome.status == "reused":
+                self.metrics.reused.inc()
+                log.info("job succeeded with the stored file (inputs unchanged)", extra=extra)
+            else:
+                log.info("job succeeded", extra=extra)
+        elif outcome.status == "held":
+            log.debug("job waits for a daily budget (handed back uncounted)", extra=extra)
         elif outcome.status == "failed" and outcome.error is not None:
             self.metrics.failed.labels(code=outcome.error.code).inc()
             if claim.queued_at is not None:
