@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from npcforge.budget import CostPolicy
 from npcforge.errors import JobError
 from npcforge.generation.base import Generated, Provider, RepairRequest
 from npcforge.generation.template import TemplateProvider
@@ -65,6 +66,7 @@ async def running_worker(
     storage: Storage | None = None,
     notifier: SystemdNotifier | None = None,
     worker_id: str | None = None,
+    cost_policy: CostPolicy | None = None,
     **options: Any,
 ) -> AsyncIterator[Worker]:
     """A Worker on `storage` (used as given; the caller closes it), or else on a
@@ -77,6 +79,7 @@ async def running_worker(
     worker = Worker(
         dsn=dsn, provider=provider or TemplateProvider(), storage=storage,
         options=WorkerOptions(**options), notifier=notifier, worker_id=worker_id,
+        cost_policy=cost_policy,
     )  # fmt: skip
     task = asyncio.create_task(worker.run())
     try:

@@ -312,7 +312,7 @@ async def test_the_roster_lists_a_running_worker_until_it_drains(
                 "SELECT * FROM npcforge_workers WHERE worker_id = $1", worker.worker_id
             )
         )
-        assert row["state"] == "running" and row["concurrency"] == worker.concurrency
+        assert row["state"] == "running" and row["concurrency"] == worker.options.concurrency
         async with api_harness(db_dsn, storage_dir) as h:
             await signed_in(h.client, SERVICE)
             overview = await h.client.get("/console")
@@ -373,3 +373,34 @@ async def test_one_listen_connection_fans_changes_out_to_the_owners_browsers_onl
             "WHERE application_name = 'npcforge-console-events' AND datname = current_database()"
         )
         assert listening == 1
+
+
+async def test_the_overview_shows_the_fleets_spend_to_the_service_role_only(
+    db_dsn: str, storage_dir: Path, conn: Any
+) -> None:
+    npc = await make_npc(conn)
+    job = await queue_job(conn, npc)
+    # An attempt row of today with a model and a cost: the per-model line of the overview.
+    await conn.execute(
+        "INSERT INTO npc_generation_attempts (job_id, npc_id, attempt, worker_id, started_at,"
+        " outcome, model, cost, duration_ms) VALUES ($1, $2, 1, 'w', now(), 'failed', 'm/test-model',"
+        " 0.125, 10)",
+        job, npc,
+    )  # fmt: skip
+    settings = jwt_settings(NPCFORGE_DAILY_BUDGET_USD="1.5", NPCFORGE_USER_DAILY_BUDGET_USD="0.25")
+    async with api_harness(db_dsn, storage_dir, settings=settings) as h:
+        await signed_in(h.client, SERVICE)
+        page = await h.client.get("/console")
+        assert page.status_code == 200
+        assert "Spend today / budget" in page.text
+        assert "$1.5," in page.text and "left" in page.text  # the fleet's cap and what is left
+        assert "$0.25, 0 owner(s) at it" in page.text
+        assert 'data-held="0"' in page.text
+        assert "m/test-model" in page.text and "$0.125" in page.text
+        assert SECRET not in page.text
+    async with api_harness(db_dsn, storage_dir, settings=settings) as h:
+        await signed_in(h.client, token(await owner_of(conn, npc)))
+        page = await h.client.get("/console")
+        assert page.status_code == 200
+        assert "Your NPCs may spend $0.25" in page.text
+        assert "data-held=" not in page.text and "m/test-model" not in page.text

@@ -36,6 +36,7 @@ from npcforge.console.access import (
     verify_token,
 )
 from npcforge.console.state import ConsoleState
+from npcforge.costs import budget_overview, cost_report
 from npcforge.db.console import ConsoleReads, JobFilter
 from npcforge.db.jobs import JobQueue
 from npcforge.db.npcs import load_npc
@@ -160,10 +161,17 @@ async def visible_job(request: Request, principal: Principal, npc_id: UUID) -> A
 
 async def overview(request: Request, principal: Principal) -> Response:
     owner = principal.owner_filter()
-    data = await ConsoleReads(request.app.state.pool).overview(owner=owner)
+    pool = request.app.state.pool
+    data = await ConsoleReads(pool).overview(owner=owner)
     console = console_of(request)
+    # The fleet's spend is the operator's business: shown to the service role only; a user sees
+    # the per-owner cap that applies to them and their attempts' costs on each NPC's page.
+    budget = request.app.state.budget
+    spend = await budget_overview(pool, budget) if owner is None else None
+    models = (await cost_report(pool, days=1)).models if owner is None else []
     return render(request, principal, "overview.html", {
         "o": data, "rate_cap": console.requests_per_minute, "statuses": STATUSES,
+        "spend": spend, "spend_models": models, "user_cap": budget.user,
     })  # fmt: skip
 
 
