@@ -155,7 +155,9 @@ async def test_claim_at_100k_queued_reads_the_partial_index_and_pages_for_the_ba
         # The time is printed; bench/bulk_enqueue.py measures it against its target.
         for run in runs:
             assert _pages(run["Plan"], "CTE picked") <= 8 + 2 * batch, run["Plan"]
-            assert _pages(run["Plan"], "CTE claimed") <= 64 * batch, run["Plan"]
+            # A fixed part on top: the first row's index root pages, more of them since 0007's
+            # console indexes (72 pages for a batch of 1 then; a walk of the backlog is thousands).
+            assert _pages(run["Plan"], "CTE claimed") <= 32 + 64 * batch, run["Plan"]
         times = sorted(_claim_time(run["Plan"]) for run in runs)
         print(f"claim of {batch}: {times} ms")
 
