@@ -20,7 +20,7 @@ from npcforge import __version__, speedups
 from npcforge.config import ConfigError, Settings, load_settings
 from npcforge.db.migrate import MigrationError
 from npcforge.exits import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError
-from npcforge.importer import ImportError_, parse_npc, sample_npc_data
+from npcforge.importer import ImportError_
 from npcforge.logs import configure_logging, say
 from npcforge.signals import interrupt_on_termination
 
@@ -236,4 +236,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(KeyboardInterrupt(), EXIT_FAILURE, "interrupted")
 
 
-__all__ = ["main", "parse_npc", "sample_npc_data"]
+__all__ = ["main"]

@@ -83,7 +83,6 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.notifier = notifier or SystemdNotifier(None)
         self.worker_id = worker_id or make_worker_id()
-        self.pool_size = options.jobs_pool_size
 
         self.pool: asyncpg.Pool | None = None  # jobs
         self.control: asyncpg.Pool | None = None  # claims, renewals, reaping, hand-back
@@ -338,7 +337,9 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 if self.pool is None:
-                    self.pool = await self._wait_unless_stopped(self._new_pool(self.pool_size))
+                    self.pool = await self._wait_unless_stopped(
+                        self._new_pool(self.options.jobs_pool_size)
+                    )
                 if self.control is None and self.pool is not None:
                     # Claims, renewals and reaping may commit without waiting for the WAL flush:
                     # one lost in a crash only leaves a row as it was (queued, or on its old
