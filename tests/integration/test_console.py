@@ -238,6 +238,23 @@ async def test_a_superseded_job_keeps_no_file(db_dsn: str, storage_dir: Path, co
     assert await conn.fetchval("SELECT count(*) FROM npc_xml_versions WHERE npc_id = $1", npc) == 0
 
 
+async def test_a_file_equal_to_the_newest_kept_one_is_not_kept_twice(
+    db_dsn: str, storage_dir: Path, conn: Any
+) -> None:
+    from npcforge.db.jobs import JobQueue
+
+    npc = await make_npc(conn)
+    for data in (b"<npc a='1'/>", b"<npc a='1'/>", b"<npc a='2'/>", b"<npc a='2'/>"):
+        await queue_job(conn, npc)
+        leases = await JobQueue(conn).claim(worker_id="w1", limit=1, lease_seconds=30)
+        async with conn.transaction():
+            await JobQueue(conn).finish_succeeded(jobs=[(leases[0], data)], attempts=[])
+    kept = await conn.fetch(
+        "SELECT xml FROM npc_xml_versions WHERE npc_id = $1 ORDER BY id", npc
+    )  # fmt: skip
+    assert [row["xml"] for row in kept] == ["<npc a='1'/>", "<npc a='2'/>"]
+
+
 async def test_job_state_changes_notify_once_per_transaction_and_renewals_not_at_all(
     db_dsn: str, conn: Any
 ) -> None:

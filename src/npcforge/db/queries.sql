@@ -208,9 +208,12 @@ WITH finished AS (
     FROM finished AS f
     JOIN unnest($1::uuid[], $21::text[]) AS x(id, xml) ON x.id = f.id
    -- A file equal to the newest kept one (a reused file, or the model wrote the same) is not
-   -- kept twice: the history would fill with copies and the diff would show nothing.
-   WHERE x.xml IS DISTINCT FROM (SELECT w.xml FROM npc_xml_versions AS w
-                                  WHERE w.npc_id = f.id ORDER BY w.id DESC LIMIT 1)
+   -- kept twice: the history would fill with copies and the diff would show nothing. Sizes
+   -- first: the kept text is read only when they match.
+   WHERE NOT EXISTS (
+     SELECT 1 FROM (SELECT w.size_bytes, w.xml FROM npc_xml_versions AS w
+                     WHERE w.npc_id = f.id ORDER BY w.id DESC LIMIT 1) AS newest
+      WHERE newest.size_bytes = octet_length(x.xml) AND newest.xml = x.xml)
   RETURNING npc_id
 ), pruned AS (
   -- Those beyond the newest 4 already kept (the one inserted above is the fifth).
