@@ -27,7 +27,7 @@ import struct
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,57 +54,56 @@ NPCFORGE_BACKENDS = (
 
 @dataclass
 class Slot:
-    """One supervised worker: every process it ran, how each ended, and who ended it."""
+    """One supervised worker: every process it ran, and who ended which (by pid)."""
 
     name: str
     env: dict[str, str]
     cwd: Path
     restart: bool
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    procs: list[h.Process] = field(default_factory=list)
+    ended_by: dict[int, str] = field(default_factory=dict)
     stopping: bool = False
 
     def start(self) -> None:
-        proc = h.spawn_worker(f"{self.name}-{len(self.runs) + 1}", self.cwd, self.env)
-        self.runs.append({"proc": proc, "pid": proc.pid, "ended_by": None, "exit": None})
+        self.spawn()
         self.task = asyncio.create_task(self.supervise())
+
+    def spawn(self) -> None:
+        self.procs.append(h.spawn_worker(f"{self.name}-{len(self.procs) + 1}", self.cwd, self.env))
 
     async def supervise(self) -> None:
         while True:
-            run = self.runs[-1]
-            while (code := run["proc"].popen.poll()) is None:
+            while self.procs[-1].alive():
                 await asyncio.sleep(0.02)
-            run["exit"] = code
             if self.stopping or not self.restart:
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # systemd's RestartSec
             if self.stopping:
                 return
-            proc = h.spawn_worker(f"{self.name}-{len(self.runs) + 1}", self.cwd, self.env)
-            self.runs.append({"proc": proc, "pid": proc.pid, "ended_by": None, "exit": None})
+            self.spawn()
 
     def kill(self) -> int | None:
-        run = self.runs[-1]
-        if run["proc"].popen.poll() is not None:
+        proc = self.procs[-1]
+        if not proc.alive():
             return None
-        run["ended_by"] = "sigkill"
+        self.ended_by[proc.pid] = "sigkill"
         with contextlib.suppress(ProcessLookupError):
-            os.kill(run["pid"], signal.SIGKILL)
-        return int(run["pid"])
+            os.kill(proc.pid, signal.SIGKILL)
+        return proc.pid
 
     async def stop(self) -> None:
         self.stopping = True
-        run = self.runs[-1]
-        if run["proc"].popen.poll() is None:
-            run["ended_by"] = "sigterm"
-            await asyncio.to_thread(run["proc"].stop, 30.0)
+        if self.procs[-1].alive():
+            self.ended_by[self.procs[-1].pid] = "sigterm"
+            await asyncio.to_thread(self.procs[-1].stop, 30.0)
         await self.task
 
     def unexpected(self) -> list[dict[str, Any]]:
         return [
-            {"slot": self.name, "pid": r["pid"], "exit": r["exit"], "log": r["proc"].log_tail(15)}
-            for r in self.runs
-            if r["exit"] is not None
-            and (r["ended_by"] is None or (r["ended_by"] == "sigterm" and r["exit"] != 0))
+            {"slot": self.name, "pid": p.pid, "exit": code, "log": p.log_tail(15)}
+            for p in self.procs
+            if (code := p.popen.poll()) is not None
+            and (p.pid not in self.ended_by or (self.ended_by[p.pid] == "sigterm" and code != 0))
         ]
 
 
@@ -284,7 +283,7 @@ class Run:
         # fmt: on
 
     def logged_successes(self) -> int:
-        logs = [run["proc"].log_path for slot in self.slots for run in slot.runs]
+        logs = [proc.log_path for slot in self.slots for proc in slot.procs]
         return sum(p.read_text(errors="replace").count('"action":"succeeded"') for p in logs)
 
 
@@ -323,17 +322,27 @@ async def kill_one(run: Run, log: dict[str, Any]) -> None:
     log["facts"]["jobs held by the killed worker"] = await run.held_by(pid)
 
 
-async def kill_loop(run: Run, log: dict[str, Any]) -> None:
+async def every_period(log: dict[str, Any], action: Callable[[int], Awaitable[int]]) -> int:
+    """`action(index)` every LOOP_PERIOD_S for LOOP_SPAN_S; the sum of what it returned."""
     log["start"] = time.time()
-    held = 0
+    total = 0
     for index in range(int(LOOP_SPAN_S / LOOP_PERIOD_S)):
         await _until(log["start"] + index * LOOP_PERIOD_S)
-        pid = run.slots[index % len(run.slots)].kill()
-        if pid is not None:
-            log["kills"].append((pid, time.time()))
-            held += await run.held_by(pid)
+        total += await action(index)
     await _until(log["start"] + LOOP_SPAN_S)
     log["end"] = time.time()
+    return total
+
+
+async def kill_loop(run: Run, log: dict[str, Any]) -> None:
+    async def kill(index: int) -> int:
+        pid = run.slots[index % len(run.slots)].kill()
+        if pid is None:
+            return 0
+        log["kills"].append((pid, time.time()))
+        return await run.held_by(pid)
+
+    held = await every_period(log, kill)
     log["facts"].update(kills=len(log["kills"]), jobs_held_by_killed_workers=held)
 
 
@@ -359,17 +368,11 @@ def pg_restart(mode: str) -> Inject:
     return inject
 
 
+TERMINATE = f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({NPCFORGE_BACKENDS}) b"
+
+
 async def terminate_loop(run: Run, log: dict[str, Any]) -> None:
-    log["start"] = time.time()
-    terminated = 0
-    for index in range(int(LOOP_SPAN_S / LOOP_PERIOD_S)):
-        await _until(log["start"] + index * LOOP_PERIOD_S)
-        terminated += await run.value(
-            f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({NPCFORGE_BACKENDS}) b"
-        )
-    await _until(log["start"] + LOOP_SPAN_S)
-    log["end"] = time.time()
-    log["facts"]["backends terminated"] = terminated
+    log["facts"]["backends terminated"] = await every_period(log, lambda _: run.value(TERMINATE))
 
 
 async def slots_full(run: Run, log: dict[str, Any]) -> None:
@@ -387,9 +390,7 @@ async def slots_full(run: Run, log: dict[str, Any]) -> None:
         pass
     monitor = await run.db()
     log["start"] = time.time()
-    terminated = await monitor.fetchval(
-        f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({NPCFORGE_BACKENDS}) b"
-    )
+    terminated = await monitor.fetchval(TERMINATE)
     seen = []
     while time.time() < log["start"] + SLOTS_FULL_S:
         if not await grab():
@@ -492,11 +493,11 @@ async def run_one(cluster: h.Cluster, standin: h.Process, args: argparse.Namespa
         audit = await run.audit()
         logged = run.logged_successes()
         unexpected = [x for slot in run.slots for x in slot.unexpected()]
-        processes = sum(len(slot.runs) for slot in run.slots)
+        processes = sum(len(slot.procs) for slot in run.slots)
     finally:
         for slot in run.slots:
             slot.stopping = True
-            slot.runs[-1]["proc"].stop()
+            slot.procs[-1].stop()
         if run.conn is not None:
             run.conn.terminate()
         await h.drop_database(cluster, run.name)
