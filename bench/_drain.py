@@ -30,10 +30,10 @@ from typing import Any
 import _harness as h
 import aiohttp
 import asyncpg
-from _baselines import LOAD_ALL, prompt_parts
+from _baselines import LOAD_ALL
 
 from npcforge.db.npcs import record_from_row
-from npcforge.generation.prompt import record_for_prompt
+from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN, record_for_prompt
 
 LABELS = {
     "npcforge": "npcforge",
@@ -52,23 +52,14 @@ async def prompt_records(conn: Any) -> list[tuple[str, str]]:
 
 async def warm_standin(standin: h.Process, records: list[tuple[str, str]]) -> None:
     """Fill the stand-in's answer cache so no contender pays for the first rendering."""
-    system, frame = prompt_parts()
     sem = asyncio.Semaphore(32)
+    url = standin.url + "/api/v1/chat/completions"
     async with aiohttp.ClientSession() as session:
 
         async def one(record: str) -> None:
-            messages = [
-                {"role": "system", "content": system[:64]},
-                {"role": "user", "content": frame.format(record)},
-            ]
-            async with (
-                sem,
-                session.post(
-                    standin.url + "/api/v1/chat/completions",
-                    json={"model": "w", "messages": messages},
-                ) as response,
-            ):
-                await response.read()
+            message = {"role": "user", "content": f"{RECORD_OPEN}\n{record}\n{RECORD_CLOSE}"}
+            async with sem, session.post(url, json={"model": "w", "messages": [message]}) as r:
+                await r.read()
 
         await asyncio.gather(*(one(record) for _, record in records))
     await standin.reset()
@@ -361,48 +352,36 @@ def ratios(results: list[dict[str, Any]], key: str, higher_is_better: bool) -> s
     """npcforge ÷ each baseline at the same concurrency, medians of the runs."""
     found = groups(results)
     lines = ["Ratios of medians (npcforge ÷ baseline):", ""]
+    what = "jobs/s" if higher_is_better else "wall time"
     for (name, concurrency), runs in found.items():
-        if not name.startswith("npcforge"):
-            continue
-        for other in (LABELS["pgqueuer"], LABELS["noqueue"]):
-            theirs = found.get((other, concurrency))
-            if theirs:
-                mine, base = median_of(runs, lambda r: r[key]), median_of(theirs, lambda r: r[key])
-                cpu = median_of(runs, lambda r: r["cpu_ms_per_job"]["worker"]) / median_of(
-                    theirs, lambda r: r["cpu_ms_per_job"]["worker"]
-                )
-                what = "jobs/s" if higher_is_better else "wall time"
+        for other in (LABELS["pgqueuer"], LABELS["noqueue"]) if name.startswith("npcforge") else ():
+            if theirs := found.get((other, concurrency)):
+                mine, base = (median_of(x, lambda r: r[key]) for x in (runs, theirs))
+                cpu = [
+                    median_of(x, lambda r: r["cpu_ms_per_job"]["worker"]) for x in (runs, theirs)
+                ]
                 lines.append(
                     f"- concurrency {concurrency}, {name} ÷ {other}: {what} × {mine / base:.2f}, "
-                    f"worker CPU per job × {cpu:.2f}"
+                    f"worker CPU per job × {cpu[0] / cpu[1]:.2f}"
                 )
     return "\n".join(lines)
 
 
 def statement_table(results: list[dict[str, Any]]) -> str:
+    """The statements of the last npcforge run and of the last PGQueuer run, per job."""
     out = []
     for contender in ("npcforge", "pgqueuer"):
-        runs = [r for r in results if r["contender"] == contender and "statements" in r]
-        if runs:
-            last = runs[-1]
+        if runs := [r for r in results if r["contender"] == contender and "statements" in r]:
+            last, jobs = runs[-1], runs[-1]["jobs"]
+            rows = [[f"{s['calls'] / jobs:.3f}", f"{s['mean_ms']:.3f}", f"`{s['query']}`"]
+                    for s in last["statements"]["top"] if s["calls"] / jobs >= 0.005]  # fmt: skip
             out += [
                 f"Statements of one {contender} run (concurrency {last['concurrency']}):",
                 "",
-                h.table(
-                    "per job|mean ms|statement",
-                    [
-                        [
-                            f"{s['calls'] / last['jobs']:.3f}",
-                            f"{s['mean_ms']:.3f}",
-                            f"`{s['query']}`",
-                        ]
-                        for s in last["statements"]["top"]
-                        if s["calls"] / last["jobs"] >= 0.005
-                    ],
-                ),
+                h.table("per job|mean ms|statement", rows),
                 "",
             ]
     return "\n".join(out).rstrip()
 
 
-METHOD = (__doc__ or "").split("\n\n", 2)[2].strip()
+METHOD = h.method(__doc__ or "")

@@ -309,7 +309,7 @@ class Process:
         return line.decode().strip()
 
     async def bench_get(self, path: str) -> Any:
-        """The stand-in's bench endpoints (`/_bench/stats`, `/_bench/arrivals`)."""
+        """The stand-in's `/_bench/arrivals`: `[[unix_time, npc_name], …]`."""
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
             return json.loads(await r.read())
 
