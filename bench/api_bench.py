@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
-import jwt
 
+from apikit import SECRET, queue_job, set_status, token
 from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.importer import insert_npc, parse_npc
 
-SECRET = "bench-jwt-secret-" + "b" * 48
 SAMPLE = h.REPO_DIR / "src" / "npcforge" / "data" / "sample_npc.json"
 
 
@@ -94,21 +93,14 @@ async def prepare(dsn: str, storage: Path) -> tuple[uuid.UUID, dict[str, str]]:
         xml = render_npc_xml(npc.to_record()).encode() if status == "succeeded" else b""
         if xml:
             (storage / h.BUCKET / f"{npc_id}.xml").write_bytes(xml)
-        job_id = await conn.fetchval(
-            "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 RETURNING generation_job_id",
-            npc_id,
-        )  # fmt: skip
-        await conn.execute(
-            "UPDATE npcs SET generation_job_status = $2::generation_job_status, "
-            "content_size_bytes = $3, generation_job_attempts = 1 WHERE id = $1",
-            npc_id, status, len(xml),
-        )  # fmt: skip
+        job_id = await queue_job(conn, npc_id)
+        await set_status(conn, npc_id, status, size=len(xml))
         paths[status] = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
     await conn.close()
     return owner, paths
 
 
-def measure_one(cluster: h.Cluster, kind: str, path: str, token: str, env: dict[str, str], wd: Path, args: Any) -> dict[str, Any]:  # fmt: skip
+def measure_one(cluster: h.Cluster, kind: str, path: str, access: str, env: dict[str, str], wd: Path, args: Any) -> dict[str, Any]:  # fmt: skip
     port = free_port()
     if kind == "trivial":
         server = h.spawn("trivial", [h.PYTHON, __file__, "--serve-trivial", str(port)], cwd=wd)
@@ -121,7 +113,7 @@ def measure_one(cluster: h.Cluster, kind: str, path: str, token: str, env: dict[
             if time.monotonic() > deadline or not server.alive():
                 raise RuntimeError(f"{kind} did not start:\n{server.log_tail()}")
             time.sleep(0.05)
-        auth = f"Authorization: Bearer {token}\r\n" if kind != "trivial" else ""
+        auth = f"Authorization: Bearer {access}\r\n" if kind != "trivial" else ""
         request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n".encode()
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -152,9 +144,7 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
     dsn = await h.create_database(cluster, "api")
     storage = h.storage_root(wd)
     owner, paths = await prepare(dsn, storage)
-    now = int(time.time())
-    claims = {"sub": str(owner), "aud": "authenticated", "role": "authenticated", "iat": now, "exp": now + 3600}  # fmt: skip
-    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    access = token(owner)
     env = {
         "DATABASE_URL": dsn,
         "NPCFORGE_AUTH": "jwt",
@@ -167,7 +157,7 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
     try:
         for index in range(args.rounds):
             for kind, path in paths.items():
-                result = await asyncio.to_thread(measure_one, cluster, kind, path, token, env, wd, args)  # fmt: skip
+                result = await asyncio.to_thread(measure_one, cluster, kind, path, access, env, wd, args)  # fmt: skip
                 results.append(result)
                 h.say(
                     f"round {index + 1} {kind:>10}: {result['rps']:8,.0f} req/s, server "

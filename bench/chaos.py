@@ -538,7 +538,7 @@ async def run_one(cluster: h.Cluster, standin: h.Process, args: argparse.Namespa
 
 
 def verdict(r: dict[str, Any]) -> list[str]:
-    a, problems = r["audit"], []
+    a, succeeded = r["audit"], r["audit"]["statuses"].get("succeeded", 0)
     checks = [
         (a["lost"], f"{a['lost']} job(s) not succeeded: {a['statuses']}"),
         (a["succeeded_twice"], f"{a['succeeded_twice']} job(s) with two `succeeded` attempts"),
@@ -547,17 +547,10 @@ def verdict(r: dict[str, Any]) -> list[str]:
         (a["two_job_ids"], f"{a['two_job_ids']} NPC(s) with attempts under two job ids"),
         (a["overflowed"], "the inotify queue overflowed: upload counts are incomplete"),
         (r["unexpected_exits"], f"{len(r['unexpected_exits'])} worker exit(s) nobody asked for"),
-        (
-            not r["crash"] and a["extra_calls"],
-            f"{a['generated_twice']} job(s) generated again although nothing crashed",
-        ),
-        (
-            r["logged_successes"] > a["statuses"].get("succeeded", 0),
-            f"{r['logged_successes']} `job succeeded` log lines for fewer succeeded jobs",
-        ),
-    ]
-    problems += [text for failed, text in checks if failed]
-    return problems
+        (not r["crash"] and a["extra_calls"], f"{a['generated_twice']} job(s) generated again although nothing crashed"),
+        (r["logged_successes"] > succeeded, f"{r['logged_successes']} `job succeeded` log lines for fewer succeeded jobs"),
+    ]  # fmt: skip
+    return [text for failed, text in checks if failed]
 
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
@@ -677,21 +670,22 @@ METHOD = f"""How it is measured (`bench/chaos.py`):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    p.add_argument("--jobs", type=int, help="NPCs per run (default: sized from the baseline)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--delay-ms", type=float, default=50.0)
-    p.add_argument("--lease-seconds", type=float, default=5.0)
-    p.add_argument("--poll-seconds", type=float, default=1.0)
-    p.add_argument("--deadline", type=float, default=120.0)
-    h.common_options(p)
-    args = p.parse_args()
-    if args.workers < 2 and "kill-one" in args.scenarios:
-        p.error("kill-one needs --workers 2 or more")
-    h.DOCS_FILE = DOCS  # the section lives in docs/reliability.md
-    data = h.run_script("chaos", "", args, measure, report, {"track_commit_timestamp": "on"})
+    def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.workers < 2 and "kill-one" in args.scenarios:
+            parser.error("kill-one needs --workers 2 or more")
+
+    options = {
+        "--scenarios": {"nargs": "+", "default": list(SCENARIOS), "choices": list(SCENARIOS)},
+        "--jobs": {"type": int, "help": "NPCs per run (default: sized from the baseline)"},
+        "--workers": 2,
+        "--concurrency": 8,
+        "--delay-ms": 50.0,
+        "--lease-seconds": 5.0,
+        "--poll-seconds": 1.0,
+        "--deadline": 120.0,
+    }
+    settings = {"track_commit_timestamp": "on"}
+    data = h.main("chaos", "", __doc__ or "", measure, report, options, check=check, cluster_settings=settings, docs=DOCS)  # fmt: skip
     failed = [r["name"] for r in data["results"] if r["problems"]]
     if failed:
         h.say(f"problems in: {', '.join(failed)}")

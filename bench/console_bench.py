@@ -19,20 +19,14 @@ import platform
 import re
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import _harness as h
 import httpx
-import jwt
 
-from npcforge.api.app import create_app
-from npcforge.config import Settings
-from npcforge.db.connect import create_pool
-from npcforge.storage.filesystem import FilesystemStorage
+from apikit import api_harness, bearer, token
 
-SECRET = "console-bench-secret-" + "x" * 40
 OWNERS = 1000
 CODES = ["AI_TIMEOUT", "AI_INVALID_XML", "LIMIT_EXCEEDED", "AI_UPSTREAM", "STORAGE_ERROR"]
 XML = '<npc name="Guard">\n  <health now="{}" max="100"/>\n</npc>\n'
@@ -91,12 +85,6 @@ SELECT CASE WHEN a = $1 THEN n.generation_job_id ELSE gen_random_uuid() END, n.i
 """
 
 
-def token(sub: uuid.UUID | None, role: str) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {"iat": now, "exp": now + 3600, "aud": "authenticated", "role": role}
-    return jwt.encode({**claims, **({"sub": str(sub)} if sub else {})}, SECRET, algorithm="HS256")
-
-
 async def seed(conn: Any, npcs: int, per_npc: int) -> tuple[Any, Any]:
     """The NPCs, jobs and attempts; one succeeded NPC (and its owner) with two kept XML files."""
     steps = [("npcs", SEED, npcs, OWNERS), ("jobs", JOBS, CODES), ("spread", SPREAD),
@@ -141,24 +129,12 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
     npc, owner = await seed(conn, args.npcs, args.attempts_per_npc)
     await conn.close()
     wd = h.workdir("console")
-    storage = FilesystemStorage(h.storage_root(wd), h.BUCKET)
-    await storage.put(f"{npc}.xml", XML.format(2).encode())
-    settings = Settings(
-        DATABASE_URL=dsn, NPCFORGE_AUTH="jwt", SUPABASE_JWT_SECRET=SECRET,
-        SUPABASE_URL=None, NPCFORGE_JWKS_URL=None,
-    )  # fmt: skip
-    pool = await create_pool(dsn, max_size=4)
     results: list[tuple[str, str, list[float]]] = []
     try:
-        app = create_app(settings, storage=storage, pool=pool)
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://bench") as client,
-        ):
-            service = {"Authorization": f"Bearer {token(None, 'service_role')}"}
-            user = {"Authorization": f"Bearer {token(owner, 'authenticated')}"}
-            first = await client.get("/console/jobs", headers=service)
+        async with api_harness(dsn, wd) as api:  # the test suite's: the real app, ASGI transport
+            await api.storage.put(f"{npc}.xml", XML.format(2).encode())
+            service, user = bearer(token(None, role="service_role")), bearer(token(owner))
+            first = await api.client.get("/console/jobs", headers=service)
             cursor = re.search(r"cursor=([0-9a-f-]+)", first.text)
             assert cursor, "no next page on the jobs list"
             pages = [
@@ -171,12 +147,11 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
             ]
             for who, headers in (("service role", service), ("one user", user)):
                 for label, url in pages:
-                    times = await timed(client, url, headers, args.requests)
+                    times = await timed(api.client, url, headers, args.requests)
                     results.append((who, label, times))
                     h.say(f"  {who:12} {label:26} p50 {statistics.median(times):6.1f} ms"
                           f"  p95 {p95(times):6.1f} ms  max {max(times):6.1f} ms")  # fmt: skip
     finally:
-        await pool.close()
         await h.drop_database(cluster, "console")
         h.remove_workdir(wd)
     return {"results": results}
