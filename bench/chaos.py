@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import _drain as d
 import _harness as h
@@ -352,12 +351,9 @@ def pg_restart(mode: str) -> Inject:
             "SELECT count(*) FROM npcs WHERE generation_job_status = 'processing'"
         )
         log["start"] = time.time()
-        await asyncio.to_thread(h.pg_ctl, run.cluster, ["-w", "-m", mode, "stop"])
+        await asyncio.to_thread(h.stop_server, run.cluster.pg, mode)
         await asyncio.sleep(PG_DOWN_S)
-        socket_dir = parse_qs(urlsplit(run.cluster.dsn).query)["host"][0]
-        log_file = str(run.cluster.pg.data_dir / "log")
-        start = ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log_file, "start"]
-        await asyncio.to_thread(h.pg_ctl, run.cluster, start)
+        await asyncio.to_thread(h.start_server, run.cluster.pg)
         log["end"] = time.time()
         log["facts"].update(
             mode=mode,
