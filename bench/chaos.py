@@ -550,28 +550,15 @@ def verdict(r: dict[str, Any]) -> list[str]:
 
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
-    await h.prepare_template(cluster)
-    wd = h.workdir("chaos")
-    standin = h.start_standin(wd, args.delay_ms)
     args.warmed = 0
-    results = []
-    try:
-        plan = [
-            ("baseline", BASELINE),
-            *((n, SCENARIOS[n]) for n in args.scenarios),
-            ("baseline-end", BASELINE),
-        ]
+    results: list[dict[str, Any]] = []
+    plan = [("baseline", BASELINE), *((n, SCENARIOS[n]) for n in args.scenarios), ("baseline-end", BASELINE)]  # fmt: skip
+    async with h.standin_session(cluster, "chaos", args.delay_ms) as (_, standin):
         for index, (name, scenario) in enumerate(plan):
             rate_now = results[0]["overall"] if results else None
-            jobs = args.jobs or (
-                6000
-                if not rate_now
-                else max(1000, min(40000, math.ceil(rate_now * (PRE_S + scenario.span_s + POST_S))))
-            )
+            planned = math.ceil((rate_now or 0) * (PRE_S + scenario.span_s + POST_S))
+            jobs = args.jobs or (max(1000, min(40000, planned)) if rate_now else 6000)
             results.append(await run_one(cluster, standin, args, index, name, scenario, jobs))
-    finally:
-        standin.stop()
-        h.remove_workdir(wd)
     rates = [r["overall"] for r in (results[0], results[-1]) if r["overall"]]
     note = (
         f"Workload: {args.workers} workers × NPCFORGE_CONCURRENCY={args.concurrency}, stand-in "
@@ -625,26 +612,22 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         "(max)|interrupted jobs (last done, s after fault end)",
         recovery,
     )
-    newline = "\n"
-    return f"""> The machine is 2 shared cores: compare scenarios with the baseline of the same run \
-(ratios), not absolute rates across runs.
-
-{data["environment"]}
-
-What came out (every row must be `succeeded` exactly once):
-
-{outcome_table}
-
-Throughput and recovery (ratios to the fault-free rate, {base:.0f} jobs/s: the mean of \
-`baseline` and `baseline-end`):
-
-{recovery_table}
-
-What each fault did:
-
-{newline.join(facts)}
-
-{METHOD}"""
+    note = (
+        "> The machine is 2 shared cores: compare scenarios with the baseline of the same run "
+        "(ratios), not absolute rates across runs."
+    )
+    return h.page(
+        data,
+        "What came out (every row must be `succeeded` exactly once):",
+        outcome_table,
+        f"Throughput and recovery (ratios to the fault-free rate, {base:.0f} jobs/s: the mean of "
+        "`baseline` and `baseline-end`):",
+        recovery_table,
+        "What each fault did:",
+        "\n".join(facts),
+        METHOD,
+        note=note,
+    )
 
 
 METHOD = f"""How it is measured (`bench/chaos.py`):
