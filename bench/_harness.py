@@ -1,4 +1,5 @@
-"""The one harness of bench/: cluster, databases, processes, /proc, the stand-in, reports.
+"""The one harness of bench/: every script's command line and run (`main`), cluster, databases,
+processes, /proc, the stand-in, reports.
 
 Every script starts its own embedded PostgreSQL 18 (fsync on), its own LLM stand-in and its own
 contender processes, so each one's CPU and memory can be read from /proc. npcforge runs as the
