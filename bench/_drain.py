@@ -23,16 +23,17 @@ import json
 import statistics
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import _harness as h
 import aiohttp
 import asyncpg
-from _baselines import LOAD_ALL, prompt_parts
+from _baselines import LOAD_ALL
 
 from npcforge.db.npcs import record_from_row
-from npcforge.generation.prompt import record_for_prompt
+from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN, record_for_prompt
 
 LABELS = {
     "npcforge": "npcforge",
@@ -51,23 +52,14 @@ async def prompt_records(conn: Any) -> list[tuple[str, str]]:
 
 async def warm_standin(standin: h.Process, records: list[tuple[str, str]]) -> None:
     """Fill the stand-in's answer cache so no contender pays for the first rendering."""
-    system, frame = prompt_parts()
     sem = asyncio.Semaphore(32)
+    url = standin.url + "/api/v1/chat/completions"
     async with aiohttp.ClientSession() as session:
 
         async def one(record: str) -> None:
-            messages = [
-                {"role": "system", "content": system[:64]},
-                {"role": "user", "content": frame.format(record)},
-            ]
-            async with (
-                sem,
-                session.post(
-                    standin.url + "/api/v1/chat/completions",
-                    json={"model": "w", "messages": messages},
-                ) as response,
-            ):
-                await response.read()
+            message = {"role": "user", "content": f"{RECORD_OPEN}\n{record}\n{RECORD_CLOSE}"}
+            async with sem, session.post(url, json={"model": "w", "messages": [message]}) as r:
+                await r.read()
 
         await asyncio.gather(*(one(record) for _, record in records))
     await standin.reset()
@@ -82,9 +74,41 @@ async def warm(cluster: h.Cluster, standin: h.Process, jobs: int) -> None:
     await h.drop_database(cluster, "warm")
 
 
-def baseline_argv(kind: str, dsn: str, standin: h.Process, storage: Path, c: int, out: Path) -> list[str]:  # fmt: skip
-    options = f"--dsn {dsn} --standin {standin.url} --storage-dir {storage} --concurrency {c}"
-    return [h.PYTHON, str(h.BENCH_DIR / "_baselines.py"), kind, *options.split(), "--result", str(out)]  # fmt: skip
+async def start(
+    kind: str,
+    dsn: str,
+    conn: Any,
+    standin: h.Process,
+    wd: Path,
+    tag: str,
+    storage: Path,
+    concurrency: int,
+    processes: int = 1,
+    env: dict[str, str] | None = None,
+) -> list[h.Process]:
+    """`kind`'s processes, started and idle: `npcforge worker`s (connected and LISTENing) or a
+    baseline of bench/_baselines.py (READY; its result goes to `wd/tag.json`)."""
+    if kind == "npcforge":
+        worker_env = {**h.npcforge_env(dsn, standin.url, storage, concurrency), **(env or {})}
+        procs = [h.spawn_worker(f"{tag}-{i}", wd, worker_env) for i in range(processes)]
+        for application in ("npcforge-listener", "npcforge-worker"):
+            await h.wait_for_backends(conn, application, processes)
+        await asyncio.sleep(0.5)  # the start-up sweep has run; the workers are idle
+        return procs
+    options = f"--dsn {dsn} --standin {standin.url} --storage-dir {storage} --concurrency {concurrency}"  # fmt: skip
+    argv = [h.PYTHON, str(h.BENCH_DIR / "_baselines.py"), kind, *options.split(), "--result", str(wd / f"{tag}.json")]  # fmt: skip
+    proc = h.spawn(tag, argv, cwd=wd, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    if await proc.read_line() != "READY":
+        raise RuntimeError(f"{kind} did not start:\n{proc.log_tail()}")
+    return [proc]
+
+
+async def pgqueuer_queries(dsn: str) -> tuple[Any, Any]:
+    """A plain asyncpg connection (without npcforge's codecs) and PGQueuer's Queries on it."""
+    from pgqueuer import AsyncpgDriver, Queries
+
+    plain = await asyncpg.connect(h.harness_dsn(dsn))
+    return plain, Queries(AsyncpgDriver(plain))
 
 
 class Sampler:
@@ -122,6 +146,16 @@ class Sampler:
         return {k: (self.after[k] - self.before[k]) * 1000 / jobs for k in self.before}
 
 
+DONE = {  # every job is done (the baseline without a queue writes its result file instead)
+    "npcforge": "SELECT count(*) >= $1 FROM npcs WHERE generation_job_status IN ('succeeded', 'failed')",
+    "pgqueuer": "SELECT count(*) = 0 OR $1 < 0 FROM pgqueuer",
+}  # fmt: skip
+LAST = {  # the last durable completion, and how many succeeded
+    "npcforge": "SELECT extract(epoch FROM max(generation_job_finished_at))::float8, count(*) FILTER (WHERE generation_job_status = 'succeeded') FROM npcs",
+    "pgqueuer": "SELECT extract(epoch FROM max(created))::float8, count(*) FROM pgqueuer_log WHERE status = 'successful'",
+}  # fmt: skip
+
+
 async def drain(
     cluster: h.Cluster,
     standin: h.Process,
@@ -142,64 +176,33 @@ async def drain(
     await h.make_npcs(conn, jobs)
     if analyze:
         await conn.execute("ANALYZE")
-    storage = h.storage_root(wd)
-    result_path = wd / f"{tag}.json"
+    storage, result_path = h.storage_root(wd), wd / f"{tag}.json"
     procs: list[h.Process] = []
     profiler: h.Process | None = None
     try:
-        if contender == "npcforge":
-            worker_env = {**h.npcforge_env(dsn, standin.url, storage, concurrency), **(env or {})}
-            procs = [h.spawn_worker(f"{tag}-{i}", wd, worker_env) for i in range(processes)]
-            await h.wait_for_backends(conn, "npcforge-listener", processes)
-            await h.wait_for_backends(conn, "npcforge-worker", processes)
-            await asyncio.sleep(0.5)  # the start-up sweep has run; the workers are idle
-            if "BENCH_PYSPY" in worker_env:  # one profiled run (W1 --profile): py-spy attaches
-                spy = [
-                    str(Path(h.PYTHON).parent / "py-spy"),
-                    "record",
-                    "--rate",
-                    "250",
-                    "--gil",
-                    "--nonblocking",
-                    "--format",
-                    "raw",
-                    "--output",
-                    worker_env["BENCH_PYSPY"],
-                    "--pid",
-                    str(procs[0].pid),
-                ]
-                profiler = h.spawn(f"{tag}-py-spy", spy, cwd=wd)
-                await asyncio.sleep(1.0)
-        else:
-            pipes = {"stdout": subprocess.PIPE, "stdin": subprocess.PIPE}
-            argv = baseline_argv(contender, dsn, standin, storage, concurrency, result_path)
-            procs = [h.spawn(tag, argv, cwd=wd, **pipes)]
-            if await procs[0].read_line() != "READY":
-                raise RuntimeError(f"{contender} did not start:\n{procs[0].log_tail()}")
+        procs = await start(contender, dsn, conn, standin, wd, tag, storage, concurrency, processes, env)  # fmt: skip
+        if env and "BENCH_PYSPY" in env:  # one profiled run (W1 --profile): py-spy attaches
+            spy = f"record --rate 250 --gil --nonblocking --format raw --output {env['BENCH_PYSPY']} --pid {procs[0].pid}"  # fmt: skip
+            profiler = h.spawn(f"{tag}-py-spy", [str(Path(h.PYTHON).parent / "py-spy"), *spy.split()], cwd=wd)  # fmt: skip
+            await asyncio.sleep(1.0)
         if contender == "pgqueuer":
-            from pgqueuer import AsyncpgDriver, Queries
-
             payloads = [f"{i}\n{r}".encode() for i, r in await prompt_records(conn)]
-            plain = await asyncpg.connect(h.harness_dsn(dsn))  # without npcforge's codecs
-            queries = Queries(AsyncpgDriver(plain))
+            plain, queries = await pgqueuer_queries(dsn)
         await standin.reset()
         await h.reset_statement_stats(conn)
         with Sampler(cluster, conn, procs, standin) as sampler:
-            started = time.time()
             if contender == "npcforge":
                 await conn.execute("UPDATE npcs SET generation_job_status = 'queued'")
-                started = time.time()
-                done_sql = "SELECT count(*) >= $1 FROM npcs WHERE generation_job_status IN ('succeeded', 'failed')"
             elif contender == "pgqueuer":
-                await queries.enqueue(["npc_xml"] * jobs, payloads, [0] * jobs)  # type: ignore[arg-type]
-                started = time.time()
-                await plain.close()
-                done_sql = "SELECT count(*) = 0 OR $1 < 0 FROM pgqueuer"
+                await queries.enqueue(["npc_xml"] * jobs, payloads, [0] * jobs)
             else:
                 assert procs[0].popen.stdin is not None
                 procs[0].popen.stdin.write(b"GO\n")
                 procs[0].popen.stdin.flush()
-                done_sql = ""
+            started = time.time()
+            if contender == "pgqueuer":
+                await plain.close()
+            done_sql = DONE.get(contender, "")
             deadline = time.monotonic() + timeout
             while not (await conn.fetchval(done_sql, jobs) if done_sql else result_path.exists()):
                 sampler.sample()
@@ -220,25 +223,14 @@ async def drain(
             "peak_rss_mb": max(p.peak_rss_mb() or 0 for p in procs),
             "variant": (env or {}).get("BENCH_VARIANT", "default"),
         }
-        if contender != "noqueue":
+        if done_sql:
             stats = await h.statement_stats(conn)
+            last, succeeded = await conn.fetchrow(LAST[contender])
             result.update(statements_per_job=stats["calls"] / jobs, statements=stats)
-        if contender == "npcforge":
-            row = await conn.fetchrow(
-                "SELECT extract(epoch FROM max(generation_job_finished_at))::float8 AS last, "
-                "count(*) FILTER (WHERE generation_job_status = 'succeeded') AS ok FROM npcs"
-            )
-            result.update(last=row["last"], succeeded=row["ok"])
-        elif contender == "pgqueuer":
-            row = await conn.fetchrow(
-                "SELECT extract(epoch FROM max(created))::float8 AS last, count(*) AS ok "
-                "FROM pgqueuer_log WHERE status = 'successful'"
-            )
-            result.update(last=row["last"], succeeded=row["ok"])
         else:
             body = json.loads(result_path.read_text())
-            started = body["started"]
-            result.update(last=body["last_finish"], succeeded=jobs - body["failures"])
+            started, last, succeeded = body["started"], body["last_finish"], jobs - body["failures"]
+        result.update(last=last, succeeded=succeeded)
     finally:
         if profiler is not None:
             profiler.popen.send_signal(2)  # SIGINT: py-spy writes its profile and exits
@@ -251,6 +243,53 @@ async def drain(
     result["jobs_per_s"] = jobs / result["wall_s"]
     result["files"] = sum(1 for p in (storage / h.BUCKET).iterdir() if p.suffix == ".xml")
     return result
+
+
+async def measure_drains(
+    cluster: h.Cluster,
+    args: Any,
+    plans: list[tuple[dict[str, Any], dict[str, Any]]],
+    *,
+    delay_ms: float,
+    spread_ms: float = 0.0,
+    warm_up: bool = True,
+) -> dict[str, Any]:
+    """Each run, each plan in order (keys for the result, `drain`'s keywords): one drain; then,
+    with `--profile`, one more npcforge run under py-spy."""
+    results, profile = [], None
+    pgqueuer = "pgqueuer" in str(args.contenders)
+    async with h.standin_session(cluster, "drain", delay_ms, spread_ms, pgqueuer) as (wd, standin):
+        if warm_up:
+            await warm(cluster, standin, args.jobs)
+        for run in range(args.runs):
+            for index, (keys, plan) in enumerate(plans):
+                result = await drain(cluster, standin, wd, jobs=args.jobs, tag=f"r{run}p{index}", **plan)  # fmt: skip
+                results.append({**result, **keys, "run": run})
+                h.say(one_line(result))
+        if getattr(args, "profile", False):
+            profile = await run_profile(cluster, standin, wd, args.jobs, args.concurrency[0])
+    return {"results": results, "profile": profile}
+
+
+async def run_profile(
+    cluster: h.Cluster, standin: h.Process, wd: Path, jobs: int, concurrency: int
+) -> str:
+    """One npcforge run under py-spy (250 Hz, GIL samples): self time by function, also written
+    to bench/results/w1-profile.txt."""
+    raw = wd / "profile.txt"
+    h.say("one npcforge run under py-spy (not counted)")
+    env = {"BENCH_PYSPY": str(raw)}
+    await drain(cluster, standin, wd, "npcforge", jobs=jobs, concurrency=concurrency, tag="profile", env=env)  # fmt: skip
+    selfs: Counter[str] = Counter()
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        frame = stack.split(";")[-1]
+        selfs[frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1]] += int(count)
+    total = sum(selfs.values())
+    text = "\n".join(f"{n / total:6.1%}  {frame}" for frame, n in selfs.most_common(40)) if total else ""  # fmt: skip
+    h.RESULTS_DIR.mkdir(exist_ok=True)
+    (h.RESULTS_DIR / "w1-profile.txt").write_text((text or "py-spy wrote no profile") + "\n")
+    return text or "py-spy wrote no profile"
 
 
 # --- reporting ----------------------------------------------------------------------------------
@@ -273,7 +312,7 @@ def one_line(r: dict[str, Any]) -> str:
         f"    {label(r)} c={r['concurrency']}: {r['jobs_per_s']:.0f} jobs/s, wall "
         f"{r['wall_s']:.2f} s, worker {cpu['worker']:.3f} ms/job (sys {cpu['worker_sys']:.3f}), "
         f"postgres {cpu['postgres']:.3f}, stand-in {cpu['standin']:.3f}, rss "
-        f"{r['peak_rss_mb']} MB, done {r['succeeded']}, files {r['files']}"
+        f"{r['peak_rss_mb']} MB, done {r['succeeded']}, files {r['files']}, sockets {r['sockets_max']}"
     )
 
 
@@ -313,48 +352,36 @@ def ratios(results: list[dict[str, Any]], key: str, higher_is_better: bool) -> s
     """npcforge ÷ each baseline at the same concurrency, medians of the runs."""
     found = groups(results)
     lines = ["Ratios of medians (npcforge ÷ baseline):", ""]
+    what = "jobs/s" if higher_is_better else "wall time"
     for (name, concurrency), runs in found.items():
-        if not name.startswith("npcforge"):
-            continue
-        for other in (LABELS["pgqueuer"], LABELS["noqueue"]):
-            theirs = found.get((other, concurrency))
-            if theirs:
-                mine, base = median_of(runs, lambda r: r[key]), median_of(theirs, lambda r: r[key])
-                cpu = median_of(runs, lambda r: r["cpu_ms_per_job"]["worker"]) / median_of(
-                    theirs, lambda r: r["cpu_ms_per_job"]["worker"]
-                )
-                what = "jobs/s" if higher_is_better else "wall time"
+        for other in (LABELS["pgqueuer"], LABELS["noqueue"]) if name.startswith("npcforge") else ():
+            if theirs := found.get((other, concurrency)):
+                mine, base = (median_of(x, lambda r: r[key]) for x in (runs, theirs))
+                cpu = [
+                    median_of(x, lambda r: r["cpu_ms_per_job"]["worker"]) for x in (runs, theirs)
+                ]
                 lines.append(
                     f"- concurrency {concurrency}, {name} ÷ {other}: {what} × {mine / base:.2f}, "
-                    f"worker CPU per job × {cpu:.2f}"
+                    f"worker CPU per job × {cpu[0] / cpu[1]:.2f}"
                 )
     return "\n".join(lines)
 
 
 def statement_table(results: list[dict[str, Any]]) -> str:
+    """The statements of the last npcforge run and of the last PGQueuer run, per job."""
     out = []
     for contender in ("npcforge", "pgqueuer"):
-        runs = [r for r in results if r["contender"] == contender and "statements" in r]
-        if runs:
-            last = runs[-1]
+        if runs := [r for r in results if r["contender"] == contender and "statements" in r]:
+            last, jobs = runs[-1], runs[-1]["jobs"]
+            rows = [[f"{s['calls'] / jobs:.3f}", f"{s['mean_ms']:.3f}", f"`{s['query']}`"]
+                    for s in last["statements"]["top"] if s["calls"] / jobs >= 0.005]  # fmt: skip
             out += [
                 f"Statements of one {contender} run (concurrency {last['concurrency']}):",
                 "",
-                h.table(
-                    "per job|mean ms|statement",
-                    [
-                        [
-                            f"{s['calls'] / last['jobs']:.3f}",
-                            f"{s['mean_ms']:.3f}",
-                            f"`{s['query']}`",
-                        ]
-                        for s in last["statements"]["top"]
-                        if s["calls"] / last["jobs"] >= 0.005
-                    ],
-                ),
+                h.table("per job|mean ms|statement", rows),
                 "",
             ]
     return "\n".join(out).rstrip()
 
 
-METHOD = (__doc__ or "").split("\n\n", 2)[2].strip()
+METHOD = h.method(__doc__ or "")

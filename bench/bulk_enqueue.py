@@ -20,6 +20,7 @@ import statistics
 import time
 from typing import Any
 
+import _drain as d
 import _harness as h
 import asyncpg
 
@@ -36,6 +37,7 @@ SELECT $1, $4 || g, 2000, 100, 100, 'monster', 21, 'Hi.', 'Bye.', 'No.', 'No sho
 
 
 async def notified(dsn: str, channel: str, statement: Any) -> tuple[float, int]:
+    """The statement's time (ms) and the notifications on `channel` that arrived within 1 s."""
     received: list[str] = []
     listener = await asyncpg.connect(h.harness_dsn(dsn))
     await listener.add_listener(channel, lambda *a: received.append(a[3]))
@@ -48,40 +50,21 @@ async def notified(dsn: str, channel: str, statement: Any) -> tuple[float, int]:
 
 
 async def part_notifications(cluster: h.Cluster, rows: int, run: int) -> dict[str, Any]:
-    from pgqueuer import AsyncpgDriver, Queries
     from pgqueuer.domain.settings import db_settings
 
     dsn = await h.create_database(cluster, f"bulk_notify_{run}")
     conn = await h.harness_connection(dsn)
-    plain = await asyncpg.connect(h.harness_dsn(dsn))
-    queries = Queries(AsyncpgDriver(plain))
+    plain, queries = await d.pgqueuer_queries(dsn)
     await h.make_npcs(conn, rows)
     owner = await conn.fetchval("SELECT id FROM profiles LIMIT 1")
-    statements = {
-        "UPDATE … SET generation_job_status = 'queued' (all rows)": (
-            "npcforge_jobs",
-            lambda: conn.execute("UPDATE npcs SET generation_job_status = 'queued'"),
-        ),
-        "INSERT … generation_job_status = 'queued' (new rows)": (
-            "npcforge_jobs",
-            lambda: conn.execute(INSERT_QUEUED, owner, 1, rows, "Queued "),
-        ),
-        "SELECT npcforge_enqueue(id) FROM npcs (set)": (
-            "npcforge_jobs",
-            lambda: conn.execute(
-                "UPDATE npcs SET generation_job_status = 'succeeded' WHERE name LIKE 'Bench %';"
-                "SELECT npcforge_enqueue(id) FROM npcs WHERE name LIKE 'Bench %'"
-            ),
-        ),
-        "PGQueuer queries.enqueue(list of rows)": (
-            str(db_settings().channel),
-            lambda: queries.enqueue(["npc_xml"] * rows, [b"x"] * rows, [0] * rows),
-        ),
-    }
-    out = {
-        label: await notified(dsn, channel, run_it)
-        for label, (channel, run_it) in statements.items()
-    }
+    reset = "UPDATE npcs SET generation_job_status = 'succeeded' WHERE name LIKE 'Bench %';"
+    statements = {  # label: (channel, the statement)
+        "UPDATE … SET generation_job_status = 'queued' (all rows)": ("npcforge_jobs", lambda: conn.execute("UPDATE npcs SET generation_job_status = 'queued'")),
+        "INSERT … generation_job_status = 'queued' (new rows)": ("npcforge_jobs", lambda: conn.execute(INSERT_QUEUED, owner, 1, rows, "Queued ")),
+        "SELECT npcforge_enqueue(id) FROM npcs (set)": ("npcforge_jobs", lambda: conn.execute(reset + "SELECT npcforge_enqueue(id) FROM npcs WHERE name LIKE 'Bench %'")),
+        "PGQueuer queries.enqueue(list of rows)": (str(db_settings().channel), lambda: queries.enqueue(["npc_xml"] * rows, [b"x"] * rows, [0] * rows)),
+    }  # fmt: skip
+    out = {label: await notified(dsn, channel, run_it) for label, (channel, run_it) in statements.items()}  # fmt: skip
     await plain.close()
     await conn.close()
     await h.drop_database(cluster, f"bulk_notify_{run}")
@@ -89,47 +72,29 @@ async def part_notifications(cluster: h.Cluster, rows: int, run: int) -> dict[st
 
 
 def shape(node: dict[str, Any], depth: int = 0) -> list[str]:
-    text = node["Node Type"]
-    text += (
-        f" using {node['Index Name']}"
-        if node.get("Index Name")
-        else (f" on {node['Relation Name']}" if node.get("Relation Name") else "")
-    )
+    name, relation = node.get("Index Name"), node.get("Relation Name")
+    text = node["Node Type"] + (f" using {name}" if name else f" on {relation}" if relation else "")
     if "Actual Rows" in node:
-        text += f" (rows {node['Actual Rows']:g}{', ' + node['Sort Method'] if node.get('Sort Method') else ''})"
+        text += f" (rows {node['Actual Rows']:g}{', ' + node['Sort Method'] if node.get('Sort Method') else ''})"  # fmt: skip
     return ["  " * depth + text] + [x for c in node.get("Plans", []) for x in shape(c, depth + 1)]
 
 
-async def explain(
-    conn: Any, sql: str, args: tuple[Any, ...], generic: bool = False
-) -> dict[str, Any]:
-    """EXPLAIN ANALYZE in a rolled-back transaction (the claim changes rows)."""
-    tr = conn.transaction()
-    await tr.start()
-    try:
-        await conn.execute(
-            f"SET LOCAL plan_cache_mode = {'force_generic_plan' if generic else 'auto'}"
-        )
-        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
-    finally:
-        await tr.rollback()
-    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]
-    return {
-        "planning_ms": top["Planning Time"],
-        "execution_ms": top["Execution Time"],
-        "shape": shape(top["Plan"]),
-    }
-
-
-async def repeat(
-    n: int, conn: Any, sql: str, args: tuple[Any, ...], generic: bool = False
-) -> dict[str, Any]:
-    runs = [await explain(conn, sql, args, generic) for _ in range(n)]
-    return {
-        "planning_ms": [r["planning_ms"] for r in runs],
-        "execution_ms": [r["execution_ms"] for r in runs],
-        "shape": runs[-1]["shape"],
-    }
+async def explained(conn: Any, n: int, sql: str, args: tuple[Any, ...], generic: bool = False) -> dict[str, Any]:  # fmt: skip
+    """EXPLAIN ANALYZE `n` times, each in a rolled-back transaction (the claim changes rows)."""
+    found: dict[str, Any] = {"planning_ms": [], "execution_ms": [], "shape": []}
+    for _ in range(n):
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await conn.execute(f"SET LOCAL plan_cache_mode = {'force_generic_plan' if generic else 'auto'}")  # fmt: skip
+            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+        finally:
+            await tr.rollback()
+        top = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+        found["planning_ms"].append(top["Planning Time"])
+        found["execution_ms"].append(top["Execution Time"])
+        found["shape"] = shape(top["Plan"])
+    return found
 
 
 async def part_claim(cluster: h.Cluster, queued: int, repeats: int) -> dict[str, Any]:
@@ -146,20 +111,17 @@ async def part_claim(cluster: h.Cluster, queued: int, repeats: int) -> dict[str,
     out: dict[str, Any] = {"queued": queued, "insert_s": time.perf_counter() - started}
     out["table_mb"] = await conn.fetchval("SELECT pg_total_relation_size('npcs') / 1048576.0")
     claim = q("claim_jobs")
+    queries = {  # label: (repetitions, statement, arguments, generic plan)
+        "claim_jobs (LIMIT 20), custom plan": (repeats, claim, CLAIM_ARGS),
+        "claim_jobs (LIMIT 20), generic plan": (repeats, claim, CLAIM_ARGS, True),
+        "claim_jobs (LIMIT 1), custom plan": (repeats, claim, (1, *CLAIM_ARGS[1:])),
+        "next_run_after": (3, q("next_run_after"), ([],)),
+        "queue_stats": (3, q("queue_stats"), ()),
+    }
     for stats in ("no ANALYZE", "after ANALYZE"):
         if stats == "after ANALYZE":
             await conn.execute("ANALYZE npcs")
-        section = {
-            "claim_jobs (LIMIT 20), custom plan": await repeat(repeats, conn, claim, CLAIM_ARGS),
-            "claim_jobs (LIMIT 20), generic plan": await repeat(
-                repeats, conn, claim, CLAIM_ARGS, True
-            ),
-            "claim_jobs (LIMIT 1), custom plan": await repeat(
-                repeats, conn, claim, (1, *CLAIM_ARGS[1:])
-            ),
-            "next_run_after": await repeat(3, conn, q("next_run_after"), ([],)),
-            "queue_stats": await repeat(3, conn, q("queue_stats"), ()),
-        }
+        section = {name: await explained(conn, *how) for name, how in queries.items()}
         prepared, trips = await conn.prepare(claim), []
         for _ in range(repeats * 4):
             tr = conn.transaction()
@@ -168,14 +130,12 @@ async def part_claim(cluster: h.Cluster, queued: int, repeats: int) -> dict[str,
             assert len(await prepared.fetch(*CLAIM_ARGS)) == CLAIM_ARGS[0]
             trips.append((time.perf_counter() - began) * 1000)
             await tr.rollback()  # the claim's rows stay queued
-        section["claim_jobs (LIMIT 20), prepared, client round trip (asyncpg)"] = {
-            "planning_ms": [],
-            "execution_ms": trips,
-            "shape": [],
-        }
+        trip = {"planning_ms": [], "execution_ms": trips, "shape": []}
+        section["claim_jobs (LIMIT 20), prepared, client round trip (asyncpg)"] = trip
         out[stats] = section
+        custom = statistics.median(section["claim_jobs (LIMIT 20), custom plan"]["execution_ms"])
         h.say(
-            f"bulk: {stats}: custom {statistics.median(section['claim_jobs (LIMIT 20), custom plan']['execution_ms']):.3f} ms, round trip {statistics.median(trips):.3f} ms"
+            f"bulk: {stats}: custom {custom:.3f} ms, round trip {statistics.median(trips):.3f} ms"
         )
     await conn.close()
     await h.drop_database(cluster, "bulk_claim")
@@ -196,58 +156,26 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
 
 
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
-    notify = [
-        [
-            label,
-            h.summary([run[label][0] for run in data["notifications"]], 1),
-            h.summary([run[label][1] for run in data["notifications"]], 0),
-        ]
-        for label in data["notifications"][0]
-    ]
+    runs = data["notifications"]
+    notify = [[label, h.summary([r[label][0] for r in runs], 1), h.summary([r[label][1] for r in runs], 0)] for label in runs[0]]  # fmt: skip
     rows, shapes = [], []
     for stats in ("no ANALYZE", "after ANALYZE"):
         for name, found in data["claim"][stats].items():
-            rows.append(
-                [
-                    name,
-                    stats,
-                    h.summary(found["planning_ms"], 3) if found["planning_ms"] else "–",
-                    h.summary(found["execution_ms"], 3),
-                ]
-            )
+            planning = h.summary(found["planning_ms"], 3) if found["planning_ms"] else "–"
+            rows.append([name, stats, planning, h.summary(found["execution_ms"], 3)])
             if "LIMIT 20), " in name and "plan" in name:
                 shapes.append(f"{stats}, {name}:\n" + "\n".join("    " + s for s in found["shape"]))
-    return "\n".join(
-        [
-            h.NOTE,
-            "",
-            data["environment"],
-            "",
-            h.table("one statement|statement ms|notifications received", notify),
-            "",
-            h.table("query|statistics|planning ms|execution ms", rows),
-            "",
-            "Plan shapes (last EXPLAIN of each):",
-            "",
-            "```",
-            "\n".join(shapes),
-            "```",
-        ]
+    return h.page(
+        data,
+        h.table("one statement|statement ms|notifications received", notify),
+        h.table("query|statistics|planning ms|execution ms", rows),
+        "Plan shapes (last EXPLAIN of each):",
+        "```\n" + "\n".join(shapes) + "\n```",
     )
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--rows", type=int, default=10_000)
-    p.add_argument("--queued", type=int, default=1_000_000)
-    p.add_argument("--repeats", type=int, default=5, help="EXPLAIN ANALYZE repetitions")
-    h.common_options(p)
-    args = p.parse_args()
-    h.run_script(
-        "bulk",
-        "Bulk enqueue: notifications, and the claim at 1 000 000 queued",
-        args,
-        measure,
-        report,
-    )
+    title = "Bulk enqueue: notifications, and the claim at 1 000 000 queued"
+    options = {"--runs": 3, "--rows": 10_000, "--queued": 1_000_000,
+               "--repeats": {"type": int, "default": 5, "help": "EXPLAIN ANALYZE repetitions"}}  # fmt: skip
+    h.main("bulk", title, __doc__ or "", measure, report, options)

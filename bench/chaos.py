@@ -27,11 +27,10 @@ import struct
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import _drain as d
 import _harness as h
@@ -54,57 +53,56 @@ NPCFORGE_BACKENDS = (
 
 @dataclass
 class Slot:
-    """One supervised worker: every process it ran, how each ended, and who ended it."""
+    """One supervised worker: every process it ran, and who ended which (by pid)."""
 
     name: str
     env: dict[str, str]
     cwd: Path
     restart: bool
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    procs: list[h.Process] = field(default_factory=list)
+    ended_by: dict[int, str] = field(default_factory=dict)
     stopping: bool = False
 
     def start(self) -> None:
-        proc = h.spawn_worker(f"{self.name}-{len(self.runs) + 1}", self.cwd, self.env)
-        self.runs.append({"proc": proc, "pid": proc.pid, "ended_by": None, "exit": None})
+        self.spawn()
         self.task = asyncio.create_task(self.supervise())
+
+    def spawn(self) -> None:
+        self.procs.append(h.spawn_worker(f"{self.name}-{len(self.procs) + 1}", self.cwd, self.env))
 
     async def supervise(self) -> None:
         while True:
-            run = self.runs[-1]
-            while (code := run["proc"].popen.poll()) is None:
+            while self.procs[-1].alive():
                 await asyncio.sleep(0.02)
-            run["exit"] = code
             if self.stopping or not self.restart:
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # systemd's RestartSec
             if self.stopping:
                 return
-            proc = h.spawn_worker(f"{self.name}-{len(self.runs) + 1}", self.cwd, self.env)
-            self.runs.append({"proc": proc, "pid": proc.pid, "ended_by": None, "exit": None})
+            self.spawn()
 
     def kill(self) -> int | None:
-        run = self.runs[-1]
-        if run["proc"].popen.poll() is not None:
+        proc = self.procs[-1]
+        if not proc.alive():
             return None
-        run["ended_by"] = "sigkill"
+        self.ended_by[proc.pid] = "sigkill"
         with contextlib.suppress(ProcessLookupError):
-            os.kill(run["pid"], signal.SIGKILL)
-        return int(run["pid"])
+            os.kill(proc.pid, signal.SIGKILL)
+        return proc.pid
 
     async def stop(self) -> None:
         self.stopping = True
-        run = self.runs[-1]
-        if run["proc"].popen.poll() is None:
-            run["ended_by"] = "sigterm"
-            await asyncio.to_thread(run["proc"].stop, 30.0)
+        if self.procs[-1].alive():
+            self.ended_by[self.procs[-1].pid] = "sigterm"
+            await asyncio.to_thread(self.procs[-1].stop, 30.0)
         await self.task
 
     def unexpected(self) -> list[dict[str, Any]]:
         return [
-            {"slot": self.name, "pid": r["pid"], "exit": r["exit"], "log": r["proc"].log_tail(15)}
-            for r in self.runs
-            if r["exit"] is not None
-            and (r["ended_by"] is None or (r["ended_by"] == "sigterm" and r["exit"] != 0))
+            {"slot": self.name, "pid": p.pid, "exit": code, "log": p.log_tail(15)}
+            for p in self.procs
+            if (code := p.popen.poll()) is not None
+            and (p.pid not in self.ended_by or (self.ended_by[p.pid] == "sigterm" and code != 0))
         ]
 
 
@@ -284,7 +282,7 @@ class Run:
         # fmt: on
 
     def logged_successes(self) -> int:
-        logs = [run["proc"].log_path for slot in self.slots for run in slot.runs]
+        logs = [proc.log_path for slot in self.slots for proc in slot.procs]
         return sum(p.read_text(errors="replace").count('"action":"succeeded"') for p in logs)
 
 
@@ -323,17 +321,27 @@ async def kill_one(run: Run, log: dict[str, Any]) -> None:
     log["facts"]["jobs held by the killed worker"] = await run.held_by(pid)
 
 
-async def kill_loop(run: Run, log: dict[str, Any]) -> None:
+async def every_period(log: dict[str, Any], action: Callable[[int], Awaitable[int]]) -> int:
+    """`action(index)` every LOOP_PERIOD_S for LOOP_SPAN_S; the sum of what it returned."""
     log["start"] = time.time()
-    held = 0
+    total = 0
     for index in range(int(LOOP_SPAN_S / LOOP_PERIOD_S)):
         await _until(log["start"] + index * LOOP_PERIOD_S)
-        pid = run.slots[index % len(run.slots)].kill()
-        if pid is not None:
-            log["kills"].append((pid, time.time()))
-            held += await run.held_by(pid)
+        total += await action(index)
     await _until(log["start"] + LOOP_SPAN_S)
     log["end"] = time.time()
+    return total
+
+
+async def kill_loop(run: Run, log: dict[str, Any]) -> None:
+    async def kill(index: int) -> int:
+        pid = run.slots[index % len(run.slots)].kill()
+        if pid is None:
+            return 0
+        log["kills"].append((pid, time.time()))
+        return await run.held_by(pid)
+
+    held = await every_period(log, kill)
     log["facts"].update(kills=len(log["kills"]), jobs_held_by_killed_workers=held)
 
 
@@ -343,12 +351,9 @@ def pg_restart(mode: str) -> Inject:
             "SELECT count(*) FROM npcs WHERE generation_job_status = 'processing'"
         )
         log["start"] = time.time()
-        await asyncio.to_thread(h.pg_ctl, run.cluster, ["-w", "-m", mode, "stop"])
+        await asyncio.to_thread(h.stop_server, run.cluster.pg, mode)
         await asyncio.sleep(PG_DOWN_S)
-        socket_dir = parse_qs(urlsplit(run.cluster.dsn).query)["host"][0]
-        log_file = str(run.cluster.pg.data_dir / "log")
-        start = ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", log_file, "start"]
-        await asyncio.to_thread(h.pg_ctl, run.cluster, start)
+        await asyncio.to_thread(h.start_server, run.cluster.pg)
         log["end"] = time.time()
         log["facts"].update(
             mode=mode,
@@ -359,17 +364,11 @@ def pg_restart(mode: str) -> Inject:
     return inject
 
 
+TERMINATE = f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({NPCFORGE_BACKENDS}) b"
+
+
 async def terminate_loop(run: Run, log: dict[str, Any]) -> None:
-    log["start"] = time.time()
-    terminated = 0
-    for index in range(int(LOOP_SPAN_S / LOOP_PERIOD_S)):
-        await _until(log["start"] + index * LOOP_PERIOD_S)
-        terminated += await run.value(
-            f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({NPCFORGE_BACKENDS}) b"
-        )
-    await _until(log["start"] + LOOP_SPAN_S)
-    log["end"] = time.time()
-    log["facts"]["backends terminated"] = terminated
+    log["facts"]["backends terminated"] = await every_period(log, lambda _: run.value(TERMINATE))
 
 
 async def slots_full(run: Run, log: dict[str, Any]) -> None:
@@ -387,9 +386,7 @@ async def slots_full(run: Run, log: dict[str, Any]) -> None:
         pass
     monitor = await run.db()
     log["start"] = time.time()
-    terminated = await monitor.fetchval(
-        f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({NPCFORGE_BACKENDS}) b"
-    )
+    terminated = await monitor.fetchval(TERMINATE)
     seen = []
     while time.time() < log["start"] + SLOTS_FULL_S:
         if not await grab():
@@ -492,11 +489,11 @@ async def run_one(cluster: h.Cluster, standin: h.Process, args: argparse.Namespa
         audit = await run.audit()
         logged = run.logged_successes()
         unexpected = [x for slot in run.slots for x in slot.unexpected()]
-        processes = sum(len(slot.runs) for slot in run.slots)
+        processes = sum(len(slot.procs) for slot in run.slots)
     finally:
         for slot in run.slots:
             slot.stopping = True
-            slot.runs[-1]["proc"].stop()
+            slot.procs[-1].stop()
         if run.conn is not None:
             run.conn.terminate()
         await h.drop_database(cluster, run.name)
@@ -537,7 +534,7 @@ async def run_one(cluster: h.Cluster, standin: h.Process, args: argparse.Namespa
 
 
 def verdict(r: dict[str, Any]) -> list[str]:
-    a, problems = r["audit"], []
+    a, succeeded = r["audit"], r["audit"]["statuses"].get("succeeded", 0)
     checks = [
         (a["lost"], f"{a['lost']} job(s) not succeeded: {a['statuses']}"),
         (a["succeeded_twice"], f"{a['succeeded_twice']} job(s) with two `succeeded` attempts"),
@@ -546,42 +543,22 @@ def verdict(r: dict[str, Any]) -> list[str]:
         (a["two_job_ids"], f"{a['two_job_ids']} NPC(s) with attempts under two job ids"),
         (a["overflowed"], "the inotify queue overflowed: upload counts are incomplete"),
         (r["unexpected_exits"], f"{len(r['unexpected_exits'])} worker exit(s) nobody asked for"),
-        (
-            not r["crash"] and a["extra_calls"],
-            f"{a['generated_twice']} job(s) generated again although nothing crashed",
-        ),
-        (
-            r["logged_successes"] > a["statuses"].get("succeeded", 0),
-            f"{r['logged_successes']} `job succeeded` log lines for fewer succeeded jobs",
-        ),
-    ]
-    problems += [text for failed, text in checks if failed]
-    return problems
+        (not r["crash"] and a["extra_calls"], f"{a['generated_twice']} job(s) generated again although nothing crashed"),
+        (r["logged_successes"] > succeeded, f"{r['logged_successes']} `job succeeded` log lines for fewer succeeded jobs"),
+    ]  # fmt: skip
+    return [text for failed, text in checks if failed]
 
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
-    await h.prepare_template(cluster)
-    wd = h.workdir("chaos")
-    standin = h.start_standin(wd, args.delay_ms)
     args.warmed = 0
-    results = []
-    try:
-        plan = [
-            ("baseline", BASELINE),
-            *((n, SCENARIOS[n]) for n in args.scenarios),
-            ("baseline-end", BASELINE),
-        ]
+    results: list[dict[str, Any]] = []
+    plan = [("baseline", BASELINE), *((n, SCENARIOS[n]) for n in args.scenarios), ("baseline-end", BASELINE)]  # fmt: skip
+    async with h.standin_session(cluster, "chaos", args.delay_ms) as (_, standin):
         for index, (name, scenario) in enumerate(plan):
             rate_now = results[0]["overall"] if results else None
-            jobs = args.jobs or (
-                6000
-                if not rate_now
-                else max(1000, min(40000, math.ceil(rate_now * (PRE_S + scenario.span_s + POST_S))))
-            )
+            planned = math.ceil((rate_now or 0) * (PRE_S + scenario.span_s + POST_S))
+            jobs = args.jobs or (max(1000, min(40000, planned)) if rate_now else 6000)
             results.append(await run_one(cluster, standin, args, index, name, scenario, jobs))
-    finally:
-        standin.stop()
-        h.remove_workdir(wd)
     rates = [r["overall"] for r in (results[0], results[-1]) if r["overall"]]
     note = (
         f"Workload: {args.workers} workers × NPCFORGE_CONCURRENCY={args.concurrency}, stand-in "
@@ -635,26 +612,22 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         "(max)|interrupted jobs (last done, s after fault end)",
         recovery,
     )
-    newline = "\n"
-    return f"""> The machine is 2 shared cores: compare scenarios with the baseline of the same run \
-(ratios), not absolute rates across runs.
-
-{data["environment"]}
-
-What came out (every row must be `succeeded` exactly once):
-
-{outcome_table}
-
-Throughput and recovery (ratios to the fault-free rate, {base:.0f} jobs/s: the mean of \
-`baseline` and `baseline-end`):
-
-{recovery_table}
-
-What each fault did:
-
-{newline.join(facts)}
-
-{METHOD}"""
+    note = (
+        "> The machine is 2 shared cores: compare scenarios with the baseline of the same run "
+        "(ratios), not absolute rates across runs."
+    )
+    return h.page(
+        data,
+        "What came out (every row must be `succeeded` exactly once):",
+        outcome_table,
+        f"Throughput and recovery (ratios to the fault-free rate, {base:.0f} jobs/s: the mean of "
+        "`baseline` and `baseline-end`):",
+        recovery_table,
+        "What each fault did:",
+        "\n".join(facts),
+        METHOD,
+        note=note,
+    )
 
 
 METHOD = f"""How it is measured (`bench/chaos.py`):
@@ -676,21 +649,22 @@ METHOD = f"""How it is measured (`bench/chaos.py`):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    p.add_argument("--jobs", type=int, help="NPCs per run (default: sized from the baseline)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--delay-ms", type=float, default=50.0)
-    p.add_argument("--lease-seconds", type=float, default=5.0)
-    p.add_argument("--poll-seconds", type=float, default=1.0)
-    p.add_argument("--deadline", type=float, default=120.0)
-    h.common_options(p)
-    args = p.parse_args()
-    if args.workers < 2 and "kill-one" in args.scenarios:
-        p.error("kill-one needs --workers 2 or more")
-    h.DOCS_FILE = DOCS  # the section lives in docs/reliability.md
-    data = h.run_script("chaos", "", args, measure, report, {"track_commit_timestamp": "on"})
+    def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.workers < 2 and "kill-one" in args.scenarios:
+            parser.error("kill-one needs --workers 2 or more")
+
+    options = {
+        "--scenarios": {"nargs": "+", "default": list(SCENARIOS), "choices": list(SCENARIOS)},
+        "--jobs": {"type": int, "help": "NPCs per run (default: sized from the baseline)"},
+        "--workers": 2,
+        "--concurrency": 8,
+        "--delay-ms": 50.0,
+        "--lease-seconds": 5.0,
+        "--poll-seconds": 1.0,
+        "--deadline": 120.0,
+    }
+    settings = {"track_commit_timestamp": "on"}
+    data = h.main("chaos", "", __doc__ or "", measure, report, options, check=check, cluster_settings=settings, docs=DOCS)  # fmt: skip
     failed = [r["name"] for r in data["results"] if r["problems"]]
     if failed:
         h.say(f"problems in: {', '.join(failed)}")

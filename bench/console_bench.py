@@ -1,6 +1,6 @@
 """Page times of the web console at 100 000 NPCs and 1 000 000 attempt rows.
 
-    python bench/console_bench.py [--npcs 100000] [--attempts-per-npc 10] [--requests 200] [--write]
+    python bench/console_bench.py [--npcs 100000] [--attempts-per-npc 10] [--requests 200]
 
 A throw-away embedded PostgreSQL gets the migrations, then NPCs spread over 1 000 owners (jobs
 70 % succeeded, 15 % failed over five error codes, 10 % queued, 5 % processing, changed over the
@@ -8,42 +8,28 @@ last two days), ten attempt rows per NPC (model, tokens, cost) and two kept XML 
 NPCs whose pages are read. Each page is then asked for `--requests` times in a row, after a
 warm-up, through the real app (routing, authentication, templates, queries) in this process
 over httpx's ASGI transport, as the service role (sees every NPC) and as one user (JWT). The
-p50 / p95 / max per page go to stdout, and with --write to docs/benchmarks.md, section
-"Console pages". The target is a p95 under 50 ms.
+p50 / p95 / max per page go to stdout and to docs/benchmarks.md, section "Console pages". The
+target is a p95 under 50 ms.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import platform
 import re
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import asyncpg
+import _harness as h
 import httpx
-import jwt
 
-from npcforge.api.app import create_app
-from npcforge.config import Settings
-from npcforge.db.connect import create_pool
-from npcforge.db.migrate import migrate
-from npcforge.embedded import temporary_postgres
-from npcforge.storage.filesystem import FilesystemStorage
+from apikit import api_harness, bearer, token
 
-REPO = Path(__file__).resolve().parent.parent
-DOC = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- console-bench:start -->", "<!-- console-bench:end -->"
-SECRET = "console-bench-secret-" + "x" * 40
 OWNERS = 1000
 CODES = ["AI_TIMEOUT", "AI_INVALID_XML", "LIMIT_EXCEEDED", "AI_UPSTREAM", "STORAGE_ERROR"]
+XML = '<npc name="Guard">\n  <health now="{}" max="100"/>\n</npc>\n'
 
 SEED = """
 WITH owners AS (
@@ -99,31 +85,26 @@ SELECT CASE WHEN a = $1 THEN n.generation_job_id ELSE gen_random_uuid() END, n.i
 """
 
 
-def token(sub: uuid.UUID | None, role: str) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {"iat": now, "exp": now + 3600, "aud": "authenticated", "role": role}
-    if sub is not None:
-        claims["sub"] = str(sub)
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-async def seed(conn: asyncpg.Connection, npcs: int, per_npc: int) -> None:
-    steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-        ("npcs", lambda: conn.execute(SEED, npcs, OWNERS)),
-        ("jobs", lambda: conn.execute(JOBS, CODES)),
-        ("spread", lambda: conn.execute(SPREAD)),
-        ("attempts", lambda: conn.execute(ATTEMPTS, per_npc)),
-        ("vacuum", lambda: conn.execute("VACUUM ANALYZE")),
-    ]
-    for name, step in steps:
+async def seed(conn: Any, npcs: int, per_npc: int) -> tuple[Any, Any]:
+    """The NPCs, jobs and attempts; one succeeded NPC (and its owner) with two kept XML files."""
+    steps = [("npcs", SEED, npcs, OWNERS), ("jobs", JOBS, CODES), ("spread", SPREAD),
+             ("attempts", ATTEMPTS, per_npc), ("vacuum", "VACUUM ANALYZE")]  # fmt: skip
+    for name, sql, *args in steps:
         started = time.perf_counter()
-        await step()
-        print(f"  seeded {name} in {time.perf_counter() - started:.1f} s", flush=True)
+        await conn.execute(sql, *args)
+        h.say(f"  seeded {name} in {time.perf_counter() - started:.1f} s")
+    npc, owner = await conn.fetchrow(
+        "SELECT id, owner_id FROM npcs WHERE generation_job_status = 'succeeded' LIMIT 1"
+    )
+    for version in (1, 2):
+        await conn.execute(
+            "INSERT INTO npc_xml_versions (npc_id, job_id, xml, size_bytes) "
+            "VALUES ($1, gen_random_uuid(), $2, 100)", npc, XML.format(version),
+        )  # fmt: skip
+    return npc, owner
 
 
-async def measure(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], requests: int
-) -> list[float]:
+async def timed(client: httpx.AsyncClient, url: str, headers: dict[str, str], requests: int) -> list[float]:  # fmt: skip
     for _ in range(max(10, requests // 10)):  # warm-up: prepared statements, plan caches
         answer = await client.get(url, headers=headers)
         assert answer.status_code == 200, (url, answer.status_code, answer.text[:300])
@@ -140,104 +121,58 @@ def p95(times: list[float]) -> float:
     return statistics.quantiles(times, n=100)[94]
 
 
-async def run(args: argparse.Namespace) -> list[tuple[str, str, list[float]]]:
-    with temporary_postgres() as pg, tempfile.TemporaryDirectory() as tmp:
-        conn = await asyncpg.connect(pg.dsn)
-        await migrate(conn)
-        print(f"seeding {args.npcs} NPCs, {args.npcs * args.attempts_per_npc} attempts", flush=True)
-        await seed(conn, args.npcs, args.attempts_per_npc)
-        sample = await conn.fetchrow(
-            "SELECT id, owner_id FROM npcs WHERE generation_job_status = 'succeeded' LIMIT 1"
-        )
-        npc, owner = sample["id"], sample["owner_id"]
-        for version in (1, 2):
-            await conn.execute(
-                "INSERT INTO npc_xml_versions (npc_id, job_id, xml, size_bytes) "
-                "VALUES ($1, gen_random_uuid(), $2, 100)",
-                npc, f'<npc name="Guard">\n  <health now="{version}" max="100"/>\n</npc>\n',
-            )  # fmt: skip
-        await conn.close()
-        storage = FilesystemStorage(Path(tmp), "npc-xml-files")
-        await storage.ensure_bucket()
-        await storage.put(
-            f"{npc}.xml", b'<npc name="Guard">\n  <health now="2" max="100"/>\n</npc>\n'
-        )
-        settings = Settings(
-            DATABASE_URL=pg.dsn, NPCFORGE_AUTH="jwt", SUPABASE_JWT_SECRET=SECRET,
-            SUPABASE_URL=None, NPCFORGE_JWKS_URL=None,
-        )  # fmt: skip
-        pool = await create_pool(pg.dsn, max_size=4)
-        results: list[tuple[str, str, list[float]]] = []
-        try:
-            app = create_app(settings, storage=storage, pool=pool)
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(
-                    transport=transport, base_url="http://bench"
-                ) as client:
-                    service = {"Authorization": f"Bearer {token(None, 'service_role')}"}
-                    user = {"Authorization": f"Bearer {token(owner, 'authenticated')}"}
-                    first = await client.get("/console/jobs", headers=service)
-                    cursor = re.search(r"cursor=([0-9a-f-]+)", first.text)
-                    assert cursor, "no next page on the jobs list"
-                    pages = [
-                        ("overview", "/console"),
-                        ("jobs, first page", "/console/jobs"),
-                        ("jobs, page 2 (cursor)", f"/console/jobs?cursor={cursor.group(1)}"),
-                        ("jobs, failed AI_TIMEOUT", "/console/jobs?status=failed&code=AI_TIMEOUT"),
-                        ("jobs, name prefix", "/console/jobs?name=Guard%2012"),
-                        ("NPC page", f"/console/npcs/{npc}"),
-                    ]
-                    for who, headers in (("service role", service), ("one user", user)):
-                        for label, url in pages:
-                            times = await measure(client, url, headers, args.requests)
-                            results.append((who, label, times))
-                            print(f"  {who:12} {label:26} p50 {statistics.median(times):6.1f} ms"
-                                  f"  p95 {p95(times):6.1f} ms  max {max(times):6.1f} ms", flush=True)  # fmt: skip
-        finally:
-            await pool.close()
-        return results
+async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
+    await h.prepare_template(cluster)
+    dsn = await h.create_database(cluster, "console")
+    conn = await h.harness_connection(dsn)
+    h.say(f"seeding {args.npcs} NPCs, {args.npcs * args.attempts_per_npc} attempts")
+    npc, owner = await seed(conn, args.npcs, args.attempts_per_npc)
+    await conn.close()
+    wd = h.workdir("console")
+    results: list[tuple[str, str, list[float]]] = []
+    try:
+        async with api_harness(dsn, wd) as api:  # the test suite's: the real app, ASGI transport
+            await api.storage.put(f"{npc}.xml", XML.format(2).encode())
+            service, user = bearer(token(None, role="service_role")), bearer(token(owner))
+            first = await api.client.get("/console/jobs", headers=service)
+            cursor = re.search(r"cursor=([0-9a-f-]+)", first.text)
+            assert cursor, "no next page on the jobs list"
+            pages = [
+                ("overview", "/console"),
+                ("jobs, first page", "/console/jobs"),
+                ("jobs, page 2 (cursor)", f"/console/jobs?cursor={cursor.group(1)}"),
+                ("jobs, failed AI_TIMEOUT", "/console/jobs?status=failed&code=AI_TIMEOUT"),
+                ("jobs, name prefix", "/console/jobs?name=Guard%2012"),
+                ("NPC page", f"/console/npcs/{npc}"),
+            ]
+            for who, headers in (("service role", service), ("one user", user)):
+                for label, url in pages:
+                    times = await timed(api.client, url, headers, args.requests)
+                    results.append((who, label, times))
+                    h.say(f"  {who:12} {label:26} p50 {statistics.median(times):6.1f} ms"
+                          f"  p95 {p95(times):6.1f} ms  max {max(times):6.1f} ms")  # fmt: skip
+    finally:
+        await h.drop_database(cluster, "console")
+        h.remove_workdir(wd)
+    return {"results": results}
 
 
-def report(args: argparse.Namespace, results: list[tuple[str, str, list[float]]]) -> str:
-    lines = [
-        START,
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, Python "
-        f"{platform.python_version()}, embedded PostgreSQL, shared 2-core machine: "
-        f"{args.npcs:,} NPCs over {OWNERS:,} owners, {args.npcs * args.attempts_per_npc:,} attempt "
-        f"rows; {args.requests} requests per page after a warm-up, one at a time, in-process "
-        "(ASGI transport: routing, JWT check, queries, templates; no socket).",
-        "",
-        "| who | page | p50 ms | p95 ms | max ms |",
-        "|---|---|---:|---:|---:|",
+def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
+    rows = [
+        [who, label, f"{statistics.median(t):.1f}", f"{p95(t):.1f}", f"{max(t):.1f}"]
+        for who, label, t in data["results"]
     ]
-    for who, label, times in results:
-        lines.append(
-            f"| {who} | {label} | {statistics.median(times):.1f} | {p95(times):.1f} | "
-            f"{max(times):.1f} |"
-        )
-    lines += ["", "Reproduce: `python bench/console_bench.py --write`.", END]
-    return "\n".join(lines)
+    return f"""Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, Python \
+{platform.python_version()}, embedded PostgreSQL, shared 2-core machine: {args.npcs:,} NPCs over \
+{OWNERS:,} owners, {args.npcs * args.attempts_per_npc:,} attempt rows; {args.requests} requests per \
+page after a warm-up, one at a time, in-process (ASGI transport: routing, JWT check, queries, \
+templates; no socket).
 
+{h.table("who|page|p50 ms|p95 ms|max ms", rows).replace("|---|---|---|---|---|", "|---|---|---:|---:|---:|")}
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--npcs", type=int, default=100_000)
-    parser.add_argument("--attempts-per-npc", type=int, default=10)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
-    args = parser.parse_args()
-    results = asyncio.run(run(args))
-    text = report(args, results)
-    print(text)
-    if args.write:
-        doc = DOC.read_text("utf-8")
-        if START in doc:
-            doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END) :]
-        else:
-            doc += "\n## Console pages\n\n" + text + "\n"
-        DOC.write_text(doc, "utf-8")
+Reproduce: `python bench/console_bench.py`."""
 
 
 if __name__ == "__main__":
-    main()
+    options = {"--npcs": 100_000, "--attempts-per-npc": 10, "--requests": 200}
+    h.main("console", "", __doc__ or "", measure, report, options, marker="console-bench")

@@ -3,7 +3,8 @@
 Answers `POST …/chat/completions` after `--delay-ms` (plus a uniform draw from `--spread-ms`)
 with a valid Jiddo XML for the NPC whose `<npc_record>` the prompt carries, as `{"xml": …}`.
 aiohttp's low-level server, uvloop, orjson and a cache of finished bodies keep it out of the way
-(its CPU per request is in every report). `GET /_bench/stats`, `GET /_bench/arrivals`
+(its CPU per request is in every report). The answer's body and the record parser are the test
+suite's OpenRouter stand-in's (tests/standins/openrouter.py). `GET /_bench/arrivals`
 (`[[unix_time, npc_name], …]`), `POST /_bench/reset`.
 
     python bench/llm_standin.py --port 8787 --delay-ms 0
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import signal
 import socket
@@ -29,34 +29,20 @@ from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN
 from npcforge.generation.xmlrules import render_npc_xml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from standins.openrouter import record_from_prompt  # the test suite's record parser
+from standins.openrouter import completion_json, record_from_prompt  # the test suite's
 
 
 class StandIn:
     def __init__(self, delay: float, spread: float) -> None:
         self.delay, self.spread = delay, spread
-        self.served = 0
         self.arrivals: list[tuple[float, str]] = []
-        self.answers: dict[str, tuple[bytes, str]] = {}
+        self.answers: dict[str, tuple[bytes, str]] = {}  # record text -> (body, NPC name)
 
     def answer(self, record_text: str, model: str) -> tuple[bytes, str]:
         if record_text not in self.answers:
             npc = record_from_prompt(f"{RECORD_OPEN}{record_text}{RECORD_CLOSE}")
             content = orjson.dumps({"xml": render_npc_xml(npc)}).decode()
-            body = {
-                "id": f"gen-bench-{len(self.answers)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 1500, "completion_tokens": 300, "total_tokens": 1800},
-            }
+            body = completion_json(content, model=model, prompt_tokens=1500, completion_tokens=300)
             self.answers[record_text] = (orjson.dumps(body), npc.name)
         return self.answers[record_text]
 
@@ -76,16 +62,11 @@ class StandIn:
             wait = self.delay + (random.uniform(0, self.spread) if self.spread else 0.0)
             if wait > 0:
                 await asyncio.sleep(wait)
-            self.served += 1
             return web.Response(body=body, content_type="application/json")
-        if request.path == "/_bench/stats":
-            times = os.times()
-            stats = {"served": self.served, "cpu_s": times.user + times.system}
-            return web.Response(body=orjson.dumps(stats), content_type="application/json")
         if request.path == "/_bench/arrivals":
             return web.Response(body=orjson.dumps(self.arrivals), content_type="application/json")
         if request.path == "/_bench/reset":
-            self.served, self.arrivals = 0, []
+            self.arrivals = []
             return web.Response(body=b"{}", content_type="application/json")
         return web.Response(status=404)
 

@@ -12,36 +12,28 @@ from typing import Any
 
 import _drain as d
 import _harness as h
-from w1_throughput import measure, parser
+from w1_throughput import measure, options
 
 
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     ideal = args.jobs / args.concurrency[0] * args.delay_ms / 1000
-    lines = [
-        h.NOTE,
-        "",
-        data["environment"],
-        "",
+    walls = [
+        (name, d.median_of(runs, lambda r: r["wall_s"]))
+        for (name, _), runs in d.groups(data["results"]).items()
+    ]
+    return h.page(
+        data,
         d.results_table(data["results"]),
-        "",
         f"Wall time against the ideal ({ideal:g} s = jobs ÷ concurrency × delay):",
-        "",
-    ]
-    for (name, _), runs in d.groups(data["results"]).items():
-        wall = d.median_of(runs, lambda r: r["wall_s"])
-        lines.append(f"- {name}: {wall:.2f} s = × {wall / ideal:.3f} of ideal")
-    lines += [
-        "",
+        "\n".join(
+            f"- {name}: {wall:.2f} s = × {wall / ideal:.3f} of ideal" for name, wall in walls
+        ),
         d.ratios(data["results"], "wall_s", higher_is_better=False),
-        "",
         "How it is measured (`bench/_drain.py`):",
-        "",
         d.METHOD,
-    ]
-    return "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":
-    args = parser(__doc__ or "", 1000, [100], 500.0).parse_args()
     title = "W2 slow upstream (500 ms, concurrency 100)"
-    h.run_script("w2", title, args, measure, report)
+    h.main("w2", title, __doc__ or "", measure, report, options(1000, [100], 500.0))

@@ -19,11 +19,11 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import _drain as d
 import _harness as h
-import asyncpg
 
 LABELS = {
     "upstream": "commit → request at the stand-in (job start)",
@@ -33,9 +33,8 @@ LABELS = {
 
 
 async def run(
-    cluster: h.Cluster, standin: h.Process, args: argparse.Namespace, contender: str, tag: str
-) -> dict[str, list[float]]:
-    wd = h.workdir("w3")
+    cluster: h.Cluster, standin: h.Process, wd: Path, args: argparse.Namespace, contender: str, tag: str
+) -> dict[str, list[float]]:  # fmt: skip
     name = f"run_{tag}"
     dsn = await h.create_database(cluster, name)
     conn = await h.harness_connection(dsn)
@@ -44,10 +43,8 @@ async def run(
     storage = h.storage_root(wd)
     acks: dict[str, float] = {}  # npc name -> commit seen
     job_names: dict[int, str] = {}
+    procs = await d.start(contender, dsn, conn, standin, wd, tag, storage, args.concurrency)
     if contender == "npcforge":
-        proc = h.spawn_worker(tag, wd, h.npcforge_env(dsn, standin.url, storage, args.concurrency))
-        await h.wait_for_backends(conn, "npcforge-listener", 1)
-        await h.wait_for_backends(conn, "npcforge-worker", 1)
         statement = await conn.prepare(
             "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 RETURNING name"
         )
@@ -56,14 +53,7 @@ async def run(
             acks[await statement.fetchval(ids[index])] = time.time()
 
     else:
-        from pgqueuer import AsyncpgDriver, Queries
-
-        argv = d.baseline_argv("pgqueuer", dsn, standin, storage, args.concurrency, wd / "r.json")
-        proc = h.spawn(tag, argv, cwd=wd, stdout=asyncio.subprocess.PIPE)
-        if await proc.read_line() != "READY":
-            raise RuntimeError(f"PGQueuer did not start:\n{proc.log_tail()}")
-        plain = await asyncpg.connect(h.harness_dsn(dsn))
-        queries = Queries(AsyncpgDriver(plain))
+        plain, queries = await d.pgqueuer_queries(dsn)
 
         async def enqueue(index: int) -> None:
             npc_id, record = records[index]
@@ -81,8 +71,8 @@ async def run(
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         deadline = time.monotonic() + 120
         while len(await standin.bench_get("/_bench/arrivals")) < args.jobs:
-            if time.monotonic() > deadline or not proc.alive():
-                raise RuntimeError(f"{contender} did not finish:\n{proc.log_tail()}")
+            if time.monotonic() > deadline or not procs[0].alive():
+                raise RuntimeError(f"{contender} did not finish:\n{procs[0].log_tail()}")
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
         arrivals = {n: at for at, n in await standin.bench_get("/_bench/arrivals")}
@@ -95,26 +85,24 @@ async def run(
         else:
             await plain.close()
     finally:
-        proc.stop()
+        for proc in procs:
+            proc.stop()
         await conn.close()
         await h.drop_database(cluster, name)
     if contender == "pgqueuer":
-        starts = json.loads((wd / "r.json").read_text())["starts"]
+        starts = json.loads((wd / f"{tag}.json").read_text())["starts"]
         out["body"] = [(at - acks[job_names[job]]) * 1000 for at, job in starts]
-    h.remove_workdir(wd)
     return out
 
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
-    await h.prepare_template(cluster, pgqueuer="pgqueuer" in args.contenders)
-    wd = h.workdir("w3-standin")
-    standin = h.start_standin(wd, 0)
     results = []
-    try:
+    pgqueuer = "pgqueuer" in args.contenders
+    async with h.standin_session(cluster, "w3", 0, 0, pgqueuer) as (wd, standin):
         await d.warm(cluster, standin, args.jobs)
         for index in range(args.runs):
             for contender in args.contenders:
-                found = await run(cluster, standin, args, contender, f"r{index}{contender}")
+                found = await run(cluster, standin, wd, args, contender, f"r{index}{contender}")
                 pcts = {
                     key: {str(p): h.percentile(v, p) for p in (50, 95, 99, 100)}
                     for key, v in found.items()
@@ -122,9 +110,6 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
                 results.append({"contender": contender, "run": index, **pcts})
                 up = pcts["upstream"]
                 h.say(f"    {contender}: commit→stand-in p50 {up['50']:.2f} p99 {up['99']:.2f} ms")
-    finally:
-        standin.stop()
-        h.remove_workdir(wd)
     note = (
         f"Workload: {args.jobs} jobs, one every {args.interval_ms:g} ms, each by its own "
         f"autocommit statement; idle worker (concurrency {args.concurrency}); stand-in delay 0; "
@@ -141,35 +126,17 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
             if key in runs[0]:
                 cells = [h.summary([r[key][str(p)] for r in runs], 2) for p in (50, 95, 99, 100)]
                 rows.append([contender, text, *cells])
-    method = (__doc__ or "").split("\n\n", 2)[2].strip()
-    return "\n".join(
-        [
-            h.NOTE,
-            "",
-            data["environment"],
-            "",
-            h.table("contender|interval|p50 ms|p95 ms|p99 ms|max ms", rows),
-            "",
-            "Definitions (`bench/w3_pickup_latency.py`):",
-            "",
-            method,
-        ]
+    return h.page(
+        data,
+        h.table("contender|interval|p50 ms|p95 ms|p99 ms|max ms", rows),
+        "Definitions (`bench/w3_pickup_latency.py`):",
+        h.method(__doc__ or ""),
     )
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=300)
-    p.add_argument("--interval-ms", type=float, default=20.0)
-    p.add_argument("--concurrency", type=int, default=20)
-    p.add_argument(
-        "--contenders",
-        nargs="+",
-        choices=["npcforge", "pgqueuer"],
-        default=["npcforge", "pgqueuer"],
-    )
-    h.common_options(p)
-    args = p.parse_args()
     title = "W3 pickup latency (idle worker, one job every 20 ms)"
-    h.run_script("w3", title, args, measure, report)
+    contenders = ["npcforge", "pgqueuer"]
+    options = {"--runs": 3, "--jobs": 300, "--interval-ms": 20.0, "--concurrency": 20,
+               "--contenders": {"nargs": "+", "choices": contenders, "default": contenders}}  # fmt: skip
+    h.main("w3", title, __doc__ or "", measure, report, options)

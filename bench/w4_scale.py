@@ -19,36 +19,19 @@ SHAPES = {"npcforge": ("npcforge", 1), "npcforge4": ("npcforge", 4), "pgqueuer":
 
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
-    await h.prepare_template(cluster, pgqueuer="pgqueuer" in args.contenders)
-    wd = h.workdir("w4")
-    standin = h.start_standin(wd, args.min_ms, args.max_ms - args.min_ms)
-    results = []
-    try:
-        # No warm-up: at 2-8 s a request it would take minutes, and upstream time dominates here.
-        for run in range(args.runs):
-            for name in args.contenders:
-                contender, processes = SHAPES[name]
-                result = await d.drain(
-                    cluster,
-                    standin,
-                    wd,
-                    contender,
-                    jobs=args.jobs,
-                    tag=f"r{run}{name}",
-                    concurrency=args.concurrency // processes,
-                    processes=processes,
-                )
-                results.append({**result, "name": name, "run": run})
-                h.say(d.one_line(result) + f", sockets {result['sockets_max']}")
-    finally:
-        standin.stop()
-        h.remove_workdir(wd)
+    plans = [
+        ({"name": name}, {"contender": kind, "processes": n, "concurrency": args.concurrency // n})
+        for name, (kind, n) in ((name, SHAPES[name]) for name in args.contenders)
+    ]
+    # No warm-up: at 2-8 s a request it would take minutes, and upstream time dominates here.
+    spread = args.max_ms - args.min_ms
+    data = await d.measure_drains(cluster, args, plans, delay_ms=args.min_ms, spread_ms=spread, warm_up=False)  # fmt: skip
     note = (
         f"Workload: {args.jobs} NPCs queued by one UPDATE (PGQueuer: one batch enqueue); stand-in "
         f"latency uniform in {args.min_ms / 1000:g}-{args.max_ms / 1000:g} s; concurrency "
         f"{args.concurrency} in all; OPENROUTER_MAX_CONNECTIONS = concurrency per process"
     )
-    return {"results": results, "notes": [note]}
+    return {"results": data["results"], "notes": [note]}
 
 
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
@@ -76,27 +59,17 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         "ms/job|peak RSS MB (one process)|RSS MB (all, at most)|RSS KB per in-flight job|open "
         "sockets (most)|not succeeded / no file"
     )
-    return f"""{h.NOTE}
-
-{data["environment"]}
-
-{h.table(header, rows)}
-
-Ideal wall time {ideal:g} s (jobs × mean latency ÷ concurrency). RSS per in-flight job = the
+    return h.page(
+        data,
+        h.table(header, rows),
+        f"""Ideal wall time {ideal:g} s (jobs × mean latency ÷ concurrency). RSS per in-flight job = the
 processes' summed RSS at its highest ÷ the concurrency. Settings a user needs for this: see
-"Running 1 000 jobs at once" in docs/operations.md."""
+"Running 1 000 jobs at once" in docs/operations.md.""",
+    )
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=10_000)
-    p.add_argument("--concurrency", type=int, default=1000)
-    p.add_argument("--min-ms", type=float, default=2000)
-    p.add_argument("--max-ms", type=float, default=8000)
-    p.add_argument("--contenders", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    h.common_options(p)
-    args = p.parse_args()
-    h.run_script(
-        "w4", "W4 scale (10 000 jobs, 2-8 s upstream, concurrency 1 000)", args, measure, report
-    )
+    title = "W4 scale (10 000 jobs, 2-8 s upstream, concurrency 1 000)"
+    options = {"--runs": 1, "--jobs": 10_000, "--concurrency": 1000, "--min-ms": 2000.0,
+               "--max-ms": 8000.0, "--contenders": {"nargs": "+", "choices": list(SHAPES), "default": list(SHAPES)}}  # fmt: skip
+    h.main("w4", title, __doc__ or "", measure, report, options)

@@ -22,8 +22,8 @@ def _pg_ctl(pg: EmbeddedPostgres, *args: str) -> None:
     pg_ctl(list(args), pgdata=pg.data_dir, user=user, timeout=30)
 
 
-def stop_server(pg: EmbeddedPostgres) -> None:
-    _pg_ctl(pg, "-w", "-m", "fast", "stop")
+def stop_server(pg: EmbeddedPostgres, mode: str = "fast") -> None:
+    _pg_ctl(pg, "-w", "-m", mode, "stop")
 
 
 def start_server(pg: EmbeddedPostgres) -> None:
