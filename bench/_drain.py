@@ -271,25 +271,80 @@ async def measure_drains(
     return {"results": results, "profile": profile}
 
 
+# Where a profiled worker's time goes: each sample counts for the part of its innermost frame
+# that names one (JSON inside aiohttp counts as JSON, expat inside validation as validation).
+# py-spy writes frames as `function (module/path.py:line)`.
+PARTS = {
+    "XML validation and writing": ("(npcforge/generation/validator", "(npcforge/generation/xmlrules", "(npcforge/generation/recordcheck", "(npcforge/generation/listrules", "(npcforge/generation/tfs", "(npcforge/generation/stored_xml", "(xml/"),
+    "prompt": ("(npcforge/generation/prompt",),
+    "JSON": ("(json/", "json_bytes (", "json_value ("),
+    "logging": ("(logging/", "(npcforge/logs"),
+    "metrics": ("(prometheus_client/", "(npcforge/metrics"),
+    "file storage": ("(npcforge/storage/", "(tempfile.py", "(pathlib.py", "(<frozen os>", "(shutil.py"),
+    "asyncpg (SQL, pool)": ("(asyncpg/",),
+    "aiohttp client": ("(aiohttp/", "(yarl/", "(multidict/"),
+    "event loop and tasks": ("(asyncio/", "(uvloop/", "(concurrent/", "(threading.py"),
+    "pgqueuer": ("(pgqueuer/",),
+    "the rest of npcforge / the baseline's body": ("(npcforge/", "(_baselines.py"),
+}  # fmt: skip
+
+
+def part_of(stack: str) -> str:
+    for frame in reversed(stack.split(";")):
+        for part, markers in PARTS.items():
+            if any(marker in frame for marker in markers):
+                return part
+    return "other"
+
+
 async def run_profile(
     cluster: h.Cluster, standin: h.Process, wd: Path, jobs: int, concurrency: int
-) -> str:
-    """One npcforge run under py-spy (250 Hz, GIL samples): self time by function, also written
-    to bench/results/w1-profile.txt."""
-    raw = wd / "profile.txt"
-    h.say("one npcforge run under py-spy (not counted)")
-    env = {"BENCH_PYSPY": str(raw)}
-    await drain(cluster, standin, wd, "npcforge", jobs=jobs, concurrency=concurrency, tag="profile", env=env)  # fmt: skip
-    selfs: Counter[str] = Counter()
-    for line in raw.read_text().splitlines() if raw.exists() else []:
-        stack, _, count = line.rpartition(" ")
-        frame = stack.split(";")[-1]
-        selfs[frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1]] += int(count)
-    total = sum(selfs.values())
-    text = "\n".join(f"{n / total:6.1%}  {frame}" for frame, n in selfs.most_common(40)) if total else ""  # fmt: skip
+) -> dict[str, Any]:
+    """npcforge and PGQueuer each one more run under py-spy (250 Hz, samples while the GIL is
+    held): ms per job by part (PARTS), next to the run's measured worker CPU, and npcforge's
+    self time by function (also in bench/results/w1-profile.txt)."""
+    profile: dict[str, Any] = {"concurrency": concurrency, "parts": {}, "cpu": {}}
+    for contender in ("npcforge", "pgqueuer"):
+        raw = wd / f"profile-{contender}.txt"
+        h.say(f"one {contender} run under py-spy (not counted)")
+        env = {"BENCH_PYSPY": str(raw)}
+        result = await drain(cluster, standin, wd, contender, jobs=jobs, concurrency=concurrency, tag=f"profile{contender}", env=env)  # fmt: skip
+        profile["cpu"][contender] = result["cpu_ms_per_job"]
+        parts: Counter[str] = Counter()
+        selfs: Counter[str] = Counter()
+        for line in raw.read_text().splitlines() if raw.exists() else []:
+            stack, _, count = line.rpartition(" ")
+            parts[part_of(stack)] += int(count)
+            frame = stack.split(";")[-1]
+            selfs[frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1]] += int(count)
+        profile["parts"][contender] = {k: n / 250 * 1000 / jobs for k, n in parts.items()}
+        if contender == "npcforge":
+            total = sum(selfs.values())
+            profile["selfs"] = [[frame, n / total] for frame, n in selfs.most_common(40)]
     h.RESULTS_DIR.mkdir(exist_ok=True)
-    (h.RESULTS_DIR / "w1-profile.txt").write_text((text or "py-spy wrote no profile") + "\n")
-    return text or "py-spy wrote no profile"
+    (h.RESULTS_DIR / "w1-profile.txt").write_text(profile_text(profile) + "\n")
+    return profile
+
+
+def profile_text(profile: dict[str, Any] | str) -> str:
+    """The profile's tables (a results file of the earlier format: its text as it was)."""
+    if isinstance(profile, str):
+        return (
+            "Worker profile, self time by function (py-spy, GIL held):\n\n```\n" + profile + "\n```"
+        )
+    parts, cpu = profile["parts"], profile["cpu"]
+    names = sorted(set(parts["npcforge"]) | set(parts["pgqueuer"]), key=lambda k: -parts["npcforge"].get(k, 0.0))  # fmt: skip
+    rows = [[k, f"{parts['npcforge'].get(k, 0.0):.3f}", f"{parts['pgqueuer'].get(k, 0.0):.3f}"] for k in names]  # fmt: skip
+    rows.append(["**all samples (GIL held)**", *(f"{sum(parts[c].values()):.3f}" for c in ("npcforge", "pgqueuer"))])  # fmt: skip
+    for key, what in (("worker", "worker CPU of the profiled run (user + kernel)"), ("worker_sys", "of which kernel")):  # fmt: skip
+        rows.append([what, *(f"{cpu[c].get(key, 0.0):.3f}" for c in ("npcforge", "pgqueuer"))])
+    selfs = "\n".join(f"{share:6.1%}  {frame}" for frame, share in profile.get("selfs", [])[:25])
+    return (
+        f"Worker profile at concurrency {profile['concurrency']} (py-spy, 250 Hz, samples while "
+        "the GIL is held; each sample counted for the innermost frame's part), ms per job:\n\n"
+        + h.table("part|npcforge|PGQueuer (minimal body)", rows)
+        + "\n\nnpcforge, self time by function:\n\n```\n" + selfs + "\n```"
+    )  # fmt: skip
 
 
 # --- reporting ----------------------------------------------------------------------------------

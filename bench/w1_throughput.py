@@ -7,7 +7,8 @@
 Per run and concurrency, interleaved: `npcforge worker` as shipped (without and with ANALYZE
 after the bulk insert), PGQueuer's minimal body, npcforge's body with no queue. `--variant`
 adds npcforge runs with extra environment variables (e.g. `nolog:NPCFORGE_LOG_LEVEL=warning`);
-`--profile` one more npcforge run under py-spy (bench/results/w1-profile.txt).
+`--profile` one more npcforge and one more PGQueuer run under py-spy: worker time per job by
+part (bench/results/w1-profile.txt).
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         "How it is measured (`bench/_drain.py`):",
         d.METHOD,
         d.statement_table(data["results"]),
-        *(["Worker profile, self time by function (py-spy, GIL held):",
-           "```\n" + "\n".join(profile.splitlines()[:25]) + "\n```"] if profile else []),
+        *([d.profile_text(profile)] if profile else []),
     )  # fmt: skip
 
 
