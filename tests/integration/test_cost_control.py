@@ -7,6 +7,7 @@ API's start, and reuse of a file whose record did not change.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from decimal import Decimal
@@ -397,3 +398,59 @@ async def test_an_owner_at_their_cap_waits_seen_everywhere_and_runs_once_it_lift
     actions = [(r.__dict__.get("action"), r.__dict__.get("scope")) for r in caplog.records]
     assert actions.count(("budget_reached", "user")) == 1
     assert actions.count(("budget_lifted", "user")) == 1
+
+
+async def test_a_publish_batch_remembers_what_its_files_were_made_from_for_the_next_claim(
+    conn, db_dsn, storage_dir: Path
+):
+    """Reuse bookkeeping rides on the batch: the statement that marks a batch's jobs succeeded
+    remembers what each file was made from (only for the jobs it marked), and the next claim of
+    the NPC brings that along, so a job pays no lookup of its own."""
+    from npcforge.db.connect import create_pool
+    from npcforge.db.jobs import JobQueue
+    from npcforge.db.spend import Generations, LastGeneration
+    from npcforge.metrics import WorkerMetrics
+    from npcforge.storage.filesystem import FilesystemStorage
+    from npcforge.worker.claims import Claim, Outcomes
+    from npcforge.worker.publisher import Publisher
+
+    ids = [await make_npc(conn) for _ in range(3)]
+    await conn.execute(
+        "UPDATE npcs SET generation_job_status = 'queued' WHERE id = ANY($1::uuid[])", ids
+    )
+    leases = await JobQueue(conn).claim(worker_id="worker-1", limit=3, lease_seconds=30.0)
+    claims = {lease.npc_id: Claim.of(lease) for lease in leases}
+    assert all(c.record_loaded and c.last_generation is None for c in claims.values())
+    made, plain, lost = (claims[npc_id] for npc_id in ids)
+    made.input_hash, lost.input_hash = "inputs-of-made", "inputs-of-lost"
+    # `lost`'s row is no longer its claim's (reaped and claimed again elsewhere).
+    await conn.execute(
+        "UPDATE npcs SET generation_job_lease_token = gen_random_uuid() WHERE id = $1", lost.npc_id
+    )
+    files = {npc_id: f"<npc name='{npc_id}'/>".encode() for npc_id in ids}
+
+    storage = FilesystemStorage(storage_dir, "npc-xml-files")
+    await storage.ensure_bucket()
+    pool = await create_pool(db_dsn, max_size=2)
+    try:
+        publisher = Publisher(
+            pool=pool, storage=storage, metrics=WorkerMetrics(),
+            outcomes=Outcomes(worker_id="worker-1", max_attempts=3, max_retry_delay=180.0),
+        )  # fmt: skip
+        outcomes = await publisher.publish_batch(
+            [(c, files[c.npc_id]) for c in (made, plain, lost)]
+        )
+    finally:
+        await pool.close()
+    assert [o.status for o in outcomes] == ["succeeded", "succeeded", "discarded"]
+
+    remembered = await conn.fetch("SELECT npc_id, job_id FROM npcforge_generations")
+    assert [(r["npc_id"], r["job_id"]) for r in remembered] == [(made.npc_id, made.job_id)]
+    expected = LastGeneration(
+        "inputs-of-made", hashlib.sha256(files[made.npc_id]).hexdigest(), len(files[made.npc_id])
+    )
+    assert await Generations(conn).last(npc_id=made.npc_id) == expected
+
+    await conn.fetchval("SELECT npcforge_enqueue($1, false)", made.npc_id)
+    (again,) = await JobQueue(conn).claim(worker_id="worker-1", limit=1, lease_seconds=30.0)
+    assert (again.npc_id, again.last_generation) == (made.npc_id, expected)

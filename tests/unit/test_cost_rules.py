@@ -95,6 +95,14 @@ def test_the_reuse_hash_follows_the_record_rules_and_model() -> None:
     assert input_hash(npc, "openai/gpt-4o-mini", rules=rules_version()) == base
 
 
+def test_the_reuse_hash_of_a_record_does_not_drift() -> None:
+    """Hashes are stored (npcforge_generations): the same inputs must hash the same across
+    versions, or every NPC's next job calls the model once more. Pinned for this record."""
+    assert input_hash(record(), "openai/gpt-4o-mini", rules="pinned") == (
+        "75dcf80ac7dfbd0cae9990acaae4d21b200fb00920dcba864981f12201d5a475"
+    )
+
+
 def test_budgets_hold_queued_jobs_at_the_cap() -> None:
     budget = Budget(fleet=Decimal("1.00"), user=Decimal("0.10"))
     assert budget.hold(Decimal("0.99"), Decimal("0.09")) is None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 import pytest
 
 from npcforge.generation.stored_xml import check_npc_xml, stored_npc_xml
-from npcforge.generation.validator import validate_npc_xml
+from npcforge.generation.validator import parse_safely, validate_npc_xml
 from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.npc import Keyword, Look, Messages, NpcRecord, ShopItem
 
@@ -100,3 +101,38 @@ def test_anything_not_written_out_again_is_never_stored(raw: str) -> None:
     checked = check_npc_xml(raw, NPC)
     assert checked.xml is None
     assert checked.findings
+
+
+def _shape(element: Any) -> tuple[Any, ...]:
+    return (
+        element.tag,
+        list(element.attrib.items()),
+        element.text,
+        element.tail,
+        [_shape(child) for child in element],
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        RENDERED,
+        RENDERED.replace('value="Bye."', 'value="B&#10;y&#13;e&#9;. &amp; &lt;&gt; &quot;&apos;"'),
+        inserted("<![CDATA[ a & b < c ]]> \r\n\t"),
+        RENDERED.replace("<parameters>", "<parameters> x &#13; ]]&gt; "),
+        inserted('<empty a="1"></empty><text>t</text>'),
+    ],
+    ids=["rendered", "attribute-escapes", "cdata-and-whitespace", "text-escapes", "empty-elements"],
+)
+def test_the_stored_document_parses_back_to_the_tree_that_was_judged(raw: str) -> None:
+    """check_npc_xml judges the tree it wrote out instead of parsing what it wrote: that is only
+    sound while writing out and parsing back changes nothing."""
+    root, problem = parse_safely(raw)
+    assert root is not None, problem
+    stored = stored_npc_xml(raw)
+    assert stored is not None
+    again, problem = parse_safely(stored)
+    assert again is not None, problem
+    assert _shape(again) == _shape(root)
+    checked = check_npc_xml(raw, NPC)
+    assert checked.findings == validate_npc_xml(stored, NPC)

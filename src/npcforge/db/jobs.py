@@ -10,6 +10,7 @@ as the claim holds it (npc id, job id, lease token) and change nothing when it i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ import asyncpg
 from npcforge.db.connect import DB_UNAVAILABLE
 from npcforge.db.npcs import record_from_row
 from npcforge.db.queries import q
+from npcforge.db.spend import LastGeneration
 from npcforge.npc import NpcRecord
 
 # A result row (asyncpg.Record), read by column name.
@@ -42,6 +44,9 @@ class Lease:
     record_loaded: bool = False
     # Started with force: call the model even when the record's file could be reused.
     force: bool = False
+    # What the NPC's last successful generation was made from, loaded with the record (None:
+    # there is none).
+    last_generation: LastGeneration | None = None
 
 
 class Fenced(Protocol):
@@ -185,10 +190,16 @@ class JobQueue:
         return {row["lease_token"] for row in rows}
 
     async def finish_succeeded(
-        self, *, jobs: Sequence[tuple[Fenced, bytes]], attempts: Sequence[AttemptRow]
+        self,
+        *,
+        jobs: Sequence[tuple[Fenced, bytes]],
+        attempts: Sequence[AttemptRow],
+        input_hashes: Sequence[str | None] = (),
     ) -> None:
         """Mark each (job, stored file) succeeded, with its attempt row and a kept copy of the
-        file only if it was."""
+        file only if it was; so is, for reuse, the hash of the inputs each file was made from
+        (`input_hashes`, one per job, None or left out: nothing remembered)."""
+        made_from = list(input_hashes) or [None] * len(jobs)
         await self._db.execute(
             q("finish_succeeded_jobs"),
             [job.npc_id for job, _ in jobs],
@@ -197,6 +208,11 @@ class JobQueue:
             [len(data) for _, data in jobs],
             *_attempt_columns(attempts),
             [data.decode("utf-8", errors="replace") for _, data in jobs],
+            made_from,
+            [
+                None if made is None else hashlib.sha256(data).hexdigest()
+                for made, (_, data) in zip(made_from, jobs, strict=True)
+            ],
         )
 
     async def requeue(self, *, job: Fenced, delay: float, error: Mapping[str, Any]) -> bool:
@@ -340,9 +356,14 @@ class JobQueue:
 
 
 def _lease(row: Row, *, npc_id: UUID, with_record: bool) -> Lease:
-    """A claim_jobs row (which carries the record: NULL columns when the NPC was deleted) or
-    an adopt_lost_claims row."""
+    """A claim_jobs row (which carries the record, NULL columns when the NPC was deleted, and
+    the last generation, NULL columns when there is none) or an adopt_lost_claims row."""
     record = record_from_row(row) if with_record and row["id"] is not None else None
+    last = None
+    if with_record and row["last_input_hash"] is not None:
+        last = LastGeneration(
+            row["last_input_hash"], row["last_xml_sha256"], row["last_size_bytes"]
+        )
     return Lease(
         npc_id=npc_id,
         job_id=row["job_id"],
@@ -353,6 +374,7 @@ def _lease(row: Row, *, npc_id: UUID, with_record: bool) -> Lease:
         record=record,
         record_loaded=with_record,
         force=row["job_force"],
+        last_generation=last,
     )
 
 

@@ -4,7 +4,8 @@
 -- name: claim_jobs
 -- Take up to $1 runnable jobs, oldest first, skipping rows other workers hold and jobs of the
 -- owners in $4 (whose daily budget is spent), and return each with its record (NULL columns
--- when the NPC was deleted).
+-- when the NPC was deleted) and what its last successful generation was made from (for reuse;
+-- NULL when there is none).
 WITH picked AS (
   SELECT id
     FROM npcs
@@ -30,7 +31,8 @@ RETURNING n.id, n.generation_job_id AS job_id, n.generation_job_lease_token AS l
           coalesce(n.generation_job_force, false) AS job_force
 )
 SELECT c.id AS claimed_id, c.job_id, c.lease_token, c.attempt, c.queued_at, c.claimed_at,
-       c.job_force, r.*
+       c.job_force, g.input_hash AS last_input_hash, g.xml_sha256 AS last_xml_sha256,
+       g.size_bytes AS last_size_bytes, r.*
   FROM claimed c
   -- One record lookup per claimed row. As a plain join the planner (which cannot see how few
   -- rows `claimed` returns) scanned the whole view, building every NPC's shop and keyword
@@ -38,7 +40,11 @@ SELECT c.id AS claimed_id, c.job_id, c.lease_token, c.attempt, c.queued_at, c.cl
   -- OFFSET 0 keeps the subquery from being flattened into that join.
   LEFT JOIN LATERAL (
     SELECT * FROM npcforge_npc_records v WHERE v.id = c.id OFFSET 0
-  ) r ON true;
+  ) r ON true
+  -- The same for the reuse row: a primary-key lookup per claimed row, never a scan.
+  LEFT JOIN LATERAL (
+    SELECT * FROM npcforge_generations lg WHERE lg.npc_id = c.id OFFSET 0
+  ) g ON true;
 
 -- name: adopt_lost_claims
 -- After a claim whose reply never arrived (the connection died around its commit): the rows
@@ -188,7 +194,9 @@ UPDATE npcs
 -- The success path of a publish batch in one statement: each job's row marked succeeded with
 -- its file's size (fenced like fail_job: $1 ids, $2 job ids, $3 lease tokens, $4 sizes) and
 -- its attempt row written ($5..$20, the columns of insert_attempts) only if the row was; so is
--- the file itself ($21) into npc_xml_versions, which keeps each NPC's newest 5 (see 0007).
+-- the file itself ($21) into npc_xml_versions, which keeps each NPC's newest 5 (see 0007), and,
+-- for reuse, what it was made from ($22 the inputs' hash, $23 the file's SHA-256; NULL: not
+-- remembered) into npcforge_generations: remembered exactly when the job succeeded.
 WITH finished AS (
   UPDATE npcs AS n
      SET generation_job_status = 'succeeded',
@@ -202,6 +210,17 @@ WITH finished AS (
    WHERE n.id = j.id AND n.generation_job_id = j.job_id AND n.generation_job_lease_token = j.token
      AND n.generation_job_status = 'processing'
   RETURNING n.id, n.generation_job_id
+), remembered AS (
+  INSERT INTO npcforge_generations (npc_id, job_id, input_hash, xml_sha256, size_bytes)
+  SELECT f.id, f.generation_job_id, m.input_hash, m.xml_sha256, m.size
+    FROM finished AS f
+    JOIN unnest($1::uuid[], $22::text[], $23::text[], $4::integer[])
+         AS m(id, input_hash, xml_sha256, size) ON m.id = f.id
+   WHERE m.input_hash IS NOT NULL
+  ON CONFLICT (npc_id) DO UPDATE
+     SET job_id = excluded.job_id, input_hash = excluded.input_hash,
+         xml_sha256 = excluded.xml_sha256, size_bytes = excluded.size_bytes,
+         generated_at = now()
 ), versions AS (
   INSERT INTO npc_xml_versions (npc_id, job_id, xml, size_bytes)
   SELECT f.id, f.generation_job_id, x.xml, octet_length(x.xml)
@@ -610,17 +629,6 @@ SELECT (a.started_at AT TIME ZONE 'UTC')::date AS day, a.model, n.owner_id,
  ORDER BY 1 DESC, 2, 3;
 
 -- name: generation_last
--- Reuse: what the NPC's last successful generation was made from, and its file.
+-- Reuse: what the NPC's last successful generation was made from, and its file (a claim
+-- brings it along; this is for a job adopted after a lost claim reply).
 SELECT input_hash, xml_sha256, size_bytes FROM npcforge_generations WHERE npc_id = $1;
-
--- name: generation_remember
--- Reuse: after a job of NPC $1 ($2) published a file made from inputs hashing to $3 ($4 its
--- SHA-256, $5 its size). Only a job that is still the NPC's succeeded one is remembered.
-INSERT INTO npcforge_generations (npc_id, job_id, input_hash, xml_sha256, size_bytes)
-SELECT n.id, $2, $3, $4, $5
-  FROM npcs n
- WHERE n.id = $1 AND n.generation_job_id = $2 AND n.generation_job_status = 'succeeded'
-ON CONFLICT (npc_id) DO UPDATE
-   SET job_id = excluded.job_id, input_hash = excluded.input_hash,
-       xml_sha256 = excluded.xml_sha256, size_bytes = excluded.size_bytes,
-       generated_at = now();

@@ -108,14 +108,9 @@ class Generations:
         self._db = db
 
     async def last(self, *, npc_id: UUID) -> LastGeneration | None:
+        """For a job that came without it (adopted); a claim brings it along. A publish
+        remembers it (`JobQueue.finish_succeeded`)."""
         row = await self._db.fetchrow(q("generation_last"), npc_id)
         if row is None:
             return None
         return LastGeneration(row["input_hash"], row["xml_sha256"], row["size_bytes"])
-
-    async def remember(
-        self, *, npc_id: UUID, job_id: UUID, input_hash: str, xml_sha256: str, size_bytes: int
-    ) -> None:
-        await self._db.execute(
-            q("generation_remember"), npc_id, job_id, input_hash, xml_sha256, size_bytes
-        )

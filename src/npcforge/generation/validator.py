@@ -376,12 +376,32 @@ def validate_npc_xml(xml: str, npc: NpcRecord) -> list[str]:
     At most MAX_FINDINGS findings, plus one line counting the rest. Raises ValueError only when the
     record itself cannot be expressed (see `render_npc_xml`).
     """
-    size = xml_size(xml)
-    if size > MAX_XML_BYTES:
-        return [f"XML is {size} bytes, more than the limit of {MAX_XML_BYTES} bytes"]
+    too_big = _size_finding(xml)
+    if too_big is not None:
+        return [too_big]
     root, problem = parse_safely(xml)
     if root is None:
         return [problem or "malformed XML"]
+    return _validate_tree(xml, root, npc)
+
+
+def validate_parsed_npc_xml(xml: str, root: Element, npc: NpcRecord) -> list[str]:
+    """`validate_npc_xml` for a document already parsed: `root` is the tree `parse_safely`
+    gives for `xml` (the caller vouches for that; nothing is parsed again)."""
+    too_big = _size_finding(xml)
+    if too_big is not None:
+        return [too_big]
+    return _validate_tree(xml, root, npc)
+
+
+def _size_finding(xml: str) -> str | None:
+    size = xml_size(xml)
+    if size > MAX_XML_BYTES:
+        return f"XML is {size} bytes, more than the limit of {MAX_XML_BYTES} bytes"
+    return None
+
+
+def _validate_tree(xml: str, root: Element, npc: NpcRecord) -> list[str]:
     if root.tag != "npc":
         return [f"root element is <{root.tag}>, expected <npc>"]
 

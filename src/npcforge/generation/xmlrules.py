@@ -176,6 +176,12 @@ def _escape_attribute(value: str) -> str:
     return xml_chars_only(value).translate(_ATTRIBUTE_ESCAPES)
 
 
+def escape_attribute_unchecked(value: str) -> str:
+    """An attribute value escaped, its characters not checked: for a writer that checks the
+    whole document once (`xml_text_problem`) instead of value by value."""
+    return value.translate(_ATTRIBUTE_ESCAPES)
+
+
 def attributes_text(attributes: Iterable[tuple[str, str]]) -> str:
     return "".join(f' {key}="{_escape_attribute(value)}"' for key, value in attributes)
 

@@ -125,16 +125,7 @@ class JobRunner:
             return await self._finish_reused(claim, result)
         if isinstance(result, Held):
             return await self._hand_back_held(claim)
-        outcome = await self.publisher.publish(claim, result)
-        if outcome.status == "succeeded":
-            try:
-                await self.spend.remember(claim, result)
-            except Exception as exc:  # only a later reuse is lost; the job is done
-                log.warning(
-                    "could not remember what the file was made from",
-                    extra={**log_fields(claim, self.worker_id), "error": type(exc).__name__},
-                )
-        return outcome
+        return await self.publisher.publish(claim, result)
 
     async def _finish_reused(self, claim: Claim, reused: Reused) -> Outcome:
         """Succeed with the stored file: no upload, an attempt row `reused` that cost nothing."""

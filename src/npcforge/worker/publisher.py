@@ -99,6 +99,7 @@ class Publisher:
                 await jobs.finish_succeeded(
                     jobs=done,
                     attempts=[self.outcomes.row(claim, outcome) for claim, outcome in succeeded],
+                    input_hashes=[claim.input_hash for claim, _ in done],
                 )
                 outcomes.update((claim.lease_token, outcome) for claim, outcome in succeeded)
             for claim, _ in batch:

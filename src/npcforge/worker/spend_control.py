@@ -130,7 +130,10 @@ class SpendControl:
         claim.input_hash = input_hash(npc, self.policy.generation_key)
         if claim.force:
             return None
-        last = await self.generations.last(npc_id=claim.npc_id)
+        if claim.record_loaded:  # the claim brought it along
+            last = claim.last_generation
+        else:
+            last = await self.generations.last(npc_id=claim.npc_id)
         if last is None or last.input_hash != claim.input_hash:
             return None
         try:
@@ -168,12 +171,3 @@ class SpendControl:
         if self.calls_model:
             stats = claim.stats
             stats.cost = charge_of(stats, self.policy.price_of(stats.model))
-
-    async def remember(self, claim: Claim, data: bytes) -> None:
-        """After a publish: what the file was made from, for the next job's reuse check."""
-        if claim.input_hash is None:
-            return
-        await self.generations.remember(
-            npc_id=claim.npc_id, job_id=claim.job_id, input_hash=claim.input_hash,
-            xml_sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
-        )  # fmt: skip
