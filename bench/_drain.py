@@ -245,6 +245,15 @@ async def drain(
     return result
 
 
+def variant_envs(specs: list[str]) -> list[dict[str, str]]:
+    """`--variant NAME:VAR=VALUE,…`: npcforge's extra environments, the shipped one (none) first;
+    `PYTHONPATH=/other/tree/src` runs another source tree."""
+    return [{}] + [
+        {**dict(p.split("=", 1) for p in pairs.split(",") if p), "BENCH_VARIANT": name}
+        for name, _, pairs in (spec.partition(":") for spec in specs)
+    ]
+
+
 async def measure_drains(
     cluster: h.Cluster,
     args: Any,

@@ -24,10 +24,7 @@ CONTENDERS = ("npcforge", "pgqueuer", "noqueue")
 
 def plans(args: argparse.Namespace) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Per concurrency and contender: npcforge once per statistics choice and variant."""
-    envs = [{}] + [
-        {**dict(p.split("=", 1) for p in pairs.split(",") if p), "BENCH_VARIANT": name}
-        for name, _, pairs in (spec.partition(":") for spec in args.variant)
-    ]
+    envs = d.variant_envs(args.variant)
     npcforge = [{"analyze": s == "analyzed", "env": env} for s in args.stats for env in envs]
     return [
         ({}, {"contender": c, "concurrency": n, **options})

@@ -1,6 +1,7 @@
 """W3 pickup latency: one job every 20 ms, 300 jobs, an idle worker.
 
     python bench/w3_pickup_latency.py [--runs 3] [--jobs 300] [--interval-ms 20]
+        [--variant NAME:VAR=VALUE,...]
 
 Each job is enqueued by its own autocommit statement from the harness while the worker waits
 on LISTEN; per job, from the commit (the enqueuing statement's reply reached the harness:
@@ -10,7 +11,8 @@ PostgreSQL replies and notifies only after the commit is flushed and visible) to
 - npcforge: the claim statement (`generation_job_claimed_at`, `now()` of the one-statement
   claim transaction, before that claim's commit flush);
 - PGQueuer: the first line of its job body.
-npcforge runs as shipped (`python -m npcforge worker`); every clock is this host's.
+npcforge runs as shipped (`python -m npcforge worker`; `--variant` adds npcforge runs with extra
+environment variables, as in W1); every clock is this host's.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ LABELS = {
 
 
 async def run(
-    cluster: h.Cluster, standin: h.Process, wd: Path, args: argparse.Namespace, contender: str, tag: str
+    cluster: h.Cluster, standin: h.Process, wd: Path, args: argparse.Namespace, contender: str, tag: str,
+    env: dict[str, str],
 ) -> dict[str, list[float]]:  # fmt: skip
     name = f"run_{tag}"
     dsn = await h.create_database(cluster, name)
@@ -43,7 +46,9 @@ async def run(
     storage = h.storage_root(wd)
     acks: dict[str, float] = {}  # npc name -> commit seen
     job_names: dict[int, str] = {}
-    procs = await d.start(contender, dsn, conn, standin, wd, tag, storage, args.concurrency)
+    procs = await d.start(
+        contender, dsn, conn, standin, wd, tag, storage, args.concurrency, env=env
+    )
     if contender == "npcforge":
         statement = await conn.prepare(
             "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 RETURNING name"
@@ -98,21 +103,29 @@ async def run(
     return out
 
 
+def plans(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """npcforge once per variant (the shipped one first), then PGQueuer."""
+    envs = d.variant_envs(getattr(args, "variant", []))
+    return [(c, env) for c in args.contenders for env in (envs if c == "npcforge" else [{}])]
+
+
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
     results = []
     pgqueuer = "pgqueuer" in args.contenders
     async with h.standin_session(cluster, "w3", 0, 0, pgqueuer) as (wd, standin):
         await d.warm(cluster, standin, args.jobs)
         for index in range(args.runs):
-            for contender in args.contenders:
-                found = await run(cluster, standin, wd, args, contender, f"r{index}{contender}")
+            for i, (contender, env) in enumerate(plans(args)):
+                found = await run(cluster, standin, wd, args, contender, f"r{index}p{i}", env)
                 pcts = {
                     key: {str(p): h.percentile(v, p) for p in (50, 95, 99, 100)}
                     for key, v in found.items()
                 }
-                results.append({"contender": contender, "run": index, **pcts})
+                name = env.get("BENCH_VARIANT")
+                shown = f"{contender} [{name}]" if name else contender
+                results.append({"contender": contender, "shown": shown, "run": index, **pcts})
                 up = pcts["upstream"]
-                h.say(f"    {contender}: commit→stand-in p50 {up['50']:.2f} p99 {up['99']:.2f} ms")
+                h.say(f"    {shown}: commit→stand-in p50 {up['50']:.2f} p99 {up['99']:.2f} ms")
     note = (
         f"Workload: {args.jobs} jobs, one every {args.interval_ms:g} ms, each by its own "
         f"autocommit statement; idle worker (concurrency {args.concurrency}); stand-in delay 0; "
@@ -123,12 +136,12 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
 
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     rows = []
-    for contender in args.contenders:
-        runs = [r for r in data["results"] if r["contender"] == contender]
+    for shown in dict.fromkeys(r.get("shown", r["contender"]) for r in data["results"]):
+        runs = [r for r in data["results"] if r.get("shown", r["contender"]) == shown]
         for key, text in LABELS.items():
             if key in runs[0]:
                 cells = [h.summary([r[key][str(p)] for r in runs], 2) for p in (50, 95, 99, 100)]
-                rows.append([contender, text, *cells])
+                rows.append([shown, text, *cells])
     return h.page(
         data,
         h.table("contender|interval|p50 ms|p95 ms|p99 ms|max ms", rows),
@@ -141,5 +154,6 @@ if __name__ == "__main__":
     title = "W3 pickup latency (idle worker, one job every 20 ms)"
     contenders = ["npcforge", "pgqueuer"]
     options = {"--runs": 3, "--jobs": 300, "--interval-ms": 20.0, "--concurrency": 20,
-               "--contenders": {"nargs": "+", "choices": contenders, "default": contenders}}  # fmt: skip
+               "--contenders": {"nargs": "+", "choices": contenders, "default": contenders},
+               "--variant": {"nargs": "*", "default": [], "help": "NAME:VAR=VALUE,… (npcforge env)"}}  # fmt: skip
     h.main("w3", title, __doc__ or "", measure, report, options)
