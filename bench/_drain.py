@@ -264,7 +264,7 @@ async def measure_drains(
     warm_up: bool = True,
 ) -> dict[str, Any]:
     """Each run, each plan in order (keys for the result, `drain`'s keywords): one drain; then,
-    with `--profile`, one more npcforge run under py-spy."""
+    with `--profile`, one more npcforge run (and PGQueuer run, if it is a contender) under py-spy."""
     results, profile = [], None
     pgqueuer = "pgqueuer" in str(args.contenders)
     async with h.standin_session(cluster, "drain", delay_ms, spread_ms, pgqueuer) as (wd, standin):
@@ -276,7 +276,8 @@ async def measure_drains(
                 results.append({**result, **keys, "run": run})
                 h.say(one_line(result))
         if getattr(args, "profile", False):
-            profile = await run_profile(cluster, standin, wd, args.jobs, args.concurrency[0])
+            profiled = ["npcforge", *(["pgqueuer"] if pgqueuer else [])]
+            profile = await run_profile(cluster, standin, wd, args.jobs, args.concurrency[0], profiled)  # fmt: skip
     return {"results": results, "profile": profile}
 
 
@@ -307,13 +308,14 @@ def part_of(stack: str) -> str:
 
 
 async def run_profile(
-    cluster: h.Cluster, standin: h.Process, wd: Path, jobs: int, concurrency: int
-) -> dict[str, Any]:
-    """npcforge and PGQueuer each one more run under py-spy (250 Hz, samples while the GIL is
-    held): ms per job by part (PARTS), next to the run's measured worker CPU, and npcforge's
-    self time by function (also in bench/results/w1-profile.txt)."""
+    cluster: h.Cluster, standin: h.Process, wd: Path, jobs: int, concurrency: int,
+    contenders: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Each of `contenders` (npcforge, PGQueuer) one more run under py-spy (250 Hz, samples while
+    the GIL is held): ms per job by part (PARTS), next to the run's measured worker CPU, and
+    npcforge's self time by function (also in bench/results/w1-profile.txt)."""
     profile: dict[str, Any] = {"concurrency": concurrency, "parts": {}, "cpu": {}}
-    for contender in ("npcforge", "pgqueuer"):
+    for contender in contenders:
         raw = wd / f"profile-{contender}.txt"
         h.say(f"one {contender} run under py-spy (not counted)")
         env = {"BENCH_PYSPY": str(raw)}
@@ -342,16 +344,17 @@ def profile_text(profile: dict[str, Any] | str) -> str:
             "Worker profile, self time by function (py-spy, GIL held):\n\n```\n" + profile + "\n```"
         )
     parts, cpu = profile["parts"], profile["cpu"]
-    names = sorted(set(parts["npcforge"]) | set(parts["pgqueuer"]), key=lambda k: -parts["npcforge"].get(k, 0.0))  # fmt: skip
-    rows = [[k, f"{parts['npcforge'].get(k, 0.0):.3f}", f"{parts['pgqueuer'].get(k, 0.0):.3f}"] for k in names]  # fmt: skip
-    rows.append(["**all samples (GIL held)**", *(f"{sum(parts[c].values()):.3f}" for c in ("npcforge", "pgqueuer"))])  # fmt: skip
+    shown = list(parts)  # npcforge first, then PGQueuer when it ran
+    names = sorted(set().union(*parts.values()), key=lambda k: -parts["npcforge"].get(k, 0.0))
+    rows = [[k, *(f"{parts[c].get(k, 0.0):.3f}" for c in shown)] for k in names]
+    rows.append(["**all samples (GIL held)**", *(f"{sum(parts[c].values()):.3f}" for c in shown)])  # fmt: skip
     for key, what in (("worker", "worker CPU of the profiled run (user + kernel)"), ("worker_sys", "of which kernel")):  # fmt: skip
-        rows.append([what, *(f"{cpu[c].get(key, 0.0):.3f}" for c in ("npcforge", "pgqueuer"))])
+        rows.append([what, *(f"{cpu[c].get(key, 0.0):.3f}" for c in shown)])
     selfs = "\n".join(f"{share:6.1%}  {frame}" for frame, share in profile.get("selfs", [])[:25])
     return (
         f"Worker profile at concurrency {profile['concurrency']} (py-spy, 250 Hz, samples while "
         "the GIL is held; each sample counted for the innermost frame's part), ms per job:\n\n"
-        + h.table("part|npcforge|PGQueuer (minimal body)", rows)
+        + h.table("|".join(["part", *(LABELS[c] for c in shown)]), rows)
         + "\n\nnpcforge, self time by function:\n\n```\n" + selfs + "\n```"
     )  # fmt: skip
 
