@@ -173,7 +173,7 @@ def xml_chars_only(value: str) -> str:
 
 
 def _escape_attribute(value: str) -> str:
-    return xml_chars_only(value).translate(_ATTRIBUTE_ESCAPES)
+    return escape_attribute_unchecked(xml_chars_only(value))
 
 
 def escape_attribute_unchecked(value: str) -> str:
