@@ -10,6 +10,7 @@ from typing import Any
 
 from conftest import make_npc, make_npcs
 from npcforge.db.queries import q
+from plankit import explain, nodes
 from queuekit import job_counts, wait_all, worker_env, worker_processes
 from standins.supabase_storage import SERVICE_ROLE_KEY, running_storage_standin
 
@@ -69,23 +70,6 @@ def _second_attempts(attempts: list[Any], workers: list[Any]) -> str:
     return "\n".join(lines[:200])
 
 
-BULK_QUEUED = """
-INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type, look_type_id,
-  greet_message, farewell_message, decline_message, no_shop_message, on_close_shop_message,
-  generation_job_status)
-SELECT $1, 'Bulk ' || g, 2000, 100, 100, 'monster', 21, 'Hi |PLAYERNAME|.', 'Bye.', 'No.',
-       'No shop.', 'Bye.', $3::generation_job_status
-  FROM generate_series(1, $2) AS g
-"""
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in plan.get("Plans", []):
-        found += _nodes(child)
-    return found
-
-
 def _nodes_outside_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
     found = [plan]
     for child in plan.get("Plans", []):
@@ -96,55 +80,39 @@ def _nodes_outside_subplans(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _pages(plan: dict[str, Any], cte: str) -> int:
     """Shared buffers one CTE of the claim touched: hit or read, whatever the cache held."""
-    (node,) = [n for n in _nodes(plan) if n.get("Subplan Name") == cte]
+    (node,) = [n for n in nodes(plan) if n.get("Subplan Name") == cte]
     return int(node["Shared Hit Blocks"]) + int(node["Shared Read Blocks"])
 
 
 def _claim_time(plan: dict[str, Any]) -> float:
     """Milliseconds of the claim itself: picking, locking and updating the rows (CTE claimed)."""
-    (claimed,) = [n for n in _nodes(plan) if n.get("Subplan Name") == "CTE claimed"]
+    (claimed,) = [n for n in nodes(plan) if n.get("Subplan Name") == "CTE claimed"]
     return float(claimed["Actual Total Time"])
 
 
 async def _explain_claim(conn: Any, batch: int, skip_owners: list[Any]) -> dict[str, Any]:
-    """EXPLAIN ANALYZE really claims rows: do it in a transaction that is rolled back.
-    `skip_owners`: the owners whose daily budget is spent (the claim leaves their jobs)."""
-    tx = conn.transaction()
-    await tx.start()
-    try:
-        raw = await conn.fetchval(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + q("claim_jobs"),
-            batch,
-            "explain",
-            30.0,
-            skip_owners,
-        )
-    finally:
-        await tx.rollback()
-    doc = json.loads(raw) if isinstance(raw, str) else raw
-    return dict(doc[0])
+    """The claim under EXPLAIN ANALYZE (rolled back). `skip_owners`: the owners whose daily
+    budget is spent (the claim leaves their jobs)."""
+    return await explain(conn, q("claim_jobs"), batch, "explain", 30.0, skip_owners)
 
 
 async def test_claim_at_100k_queued_reads_the_partial_index_and_pages_for_the_batch_only(conn):
-    owner = await conn.fetchval(
-        "INSERT INTO profiles (id, display_name) VALUES (gen_random_uuid(), 'bulk') RETURNING id"
-    )
-    await conn.execute(BULK_QUEUED, owner, 50_000, "succeeded")  # history the claim must not read
-    await conn.execute(BULK_QUEUED.replace("'Bulk '", "'Queued '"), owner, 100_000, "queued")
+    await make_npcs(conn, 50_000, prefix="Bulk", status="succeeded")  # history it must not read
+    await make_npcs(conn, 100_000, prefix="Queued", status="queued")
     await conn.execute("VACUUM ANALYZE npcs")
     assert (await job_counts(conn))["queued"] == 100_000
 
     # No owner skipped, and one (not the backlog's) at their daily budget: the same plan.
     for batch, skip in ((1, []), (16, []), (16, [uuid.uuid4()])):
         runs = [await _explain_claim(conn, batch, skip) for _ in range(7)]
-        nodes = _nodes(runs[-1]["Plan"])
-        types = [node["Node Type"] for node in nodes]
+        found = nodes(runs[-1]["Plan"])
+        types = [node["Node Type"] for node in found]
         assert "Seq Scan" not in types, types
         # The only sorts are the per-record orderings of one NPC's items (in the record load's
         # subplans); nothing sorts the backlog.
         queue_side = _nodes_outside_subplans(runs[-1]["Plan"])
         assert "Sort" not in [node["Node Type"] for node in queue_side], types
-        scans = [n for n in nodes if n["Node Type"] in ("Index Scan", "Index Only Scan")]
+        scans = [n for n in found if n["Node Type"] in ("Index Scan", "Index Only Scan")]
         queue_scans = [n for n in scans if n.get("Index Name") == "idx_npcs_job_queue"]
         assert len(queue_scans) == 1, [(n["Node Type"], n.get("Index Name")) for n in scans]
         # The scan stops after the batch: it never walks the backlog.
@@ -171,7 +139,7 @@ async def test_the_claim_loads_only_the_claimed_records_whatever_the_table_holds
     )
     for _ in range(7):  # past the custom plans, into the generic plan of a prepared statement
         plan = (await _explain_claim(conn, 5, []))["Plan"]
-        for node in _nodes(plan):
+        for node in nodes(plan):
             if node.get("Relation Name") == "npcs":
                 touched = node["Actual Rows"] * node["Actual Loops"]
                 assert touched <= 2, (node["Node Type"], node.get("Index Name"), touched)
