@@ -1,22 +1,23 @@
-"""The baselines, each its own process (started by bench/_drain.py and W3).
+"""The baselines, each its own process started by bench/_drain.py and configured as `npcforge
+worker` is, by the same environment (DATABASE_URL, OPENROUTER_*, NPCFORGE_STORAGE_DIR,
+NPCFORGE_CONCURRENCY = C: bench/_processes.py `npcforge_env`).
 
-    python bench/_baselines.py noqueue|pgqueuer --dsn … --standin URL --storage-dir D
-                               --concurrency C --result FILE
+    python bench/_baselines.py noqueue|pgqueuer RESULT_FILE
 
 `noqueue`: npcforge's own job body with no queue: every record read in one query, then for each
 (at most C at once) the worker's generate → validate (→ repair) step against the stand-in and
-FilesystemStorage.put. Prints READY, waits for a line on stdin, runs, writes --result, prints DONE.
+FilesystemStorage.put. Prints READY, waits for a line on stdin, runs, writes RESULT_FILE, prints
+DONE.
 
 `pgqueuer`: PGQueuer as its docs recommend (uvloop, one asyncpg connection, `batch_size` = C/2,
 the most its `max_concurrent_tasks >= 2 * batch_size` rule allows, `max_concurrent_tasks` = C)
 running the minimal equivalent body: POST npcforge's prompt to the stand-in, take the XML out of
 the answer, write it with the same fsynced FilesystemStorage.put. Prints READY; on SIGTERM
-writes each body's start time to --result.
+writes each body's start time to RESULT_FILE.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -31,7 +32,8 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from npcforge.storage.filesystem import FilesystemStorage
+from npcforge.config import Settings
+from npcforge.storage.factory import build_storage
 
 LOAD_ALL = "SELECT * FROM npcforge_npc_records"
 
@@ -51,8 +53,7 @@ def prompt_parts() -> tuple[str, str]:
     return build_messages(sample)[0]["content"], frame
 
 
-async def run_noqueue(args: argparse.Namespace) -> None:
-    from npcforge.config import Settings
+async def run_noqueue(settings: Settings, result: Path) -> None:
     from npcforge.db.connect import connect
     from npcforge.db.npcs import record_from_row
     from npcforge.generation.base import CallStats
@@ -61,21 +62,15 @@ async def run_noqueue(args: argparse.Namespace) -> None:
     from npcforge.storage.base import xml_key
     from npcforge.worker.attempt import generate_valid_xml
 
-    configure_logging("info", "json")
-    settings = Settings(  # type: ignore[call-arg]
-        OPENROUTER_API_KEY="bench-key",
-        OPENROUTER_BASE_URL=args.standin + "/api/v1",
-        OPENROUTER_MODEL="bench/standin",
-        OPENROUTER_MAX_CONNECTIONS=max(64, args.concurrency),
-    )
-    provider = OpenRouterProvider(settings)
-    storage = FilesystemStorage(args.storage_dir, "npc-xml-files")
-    conn = await connect(args.dsn, application_name="bench-noqueue")
+    configure_logging(settings.log_level, settings.log_format)
+    provider = OpenRouterProvider(settings)  # no fleet rate gate: there is no fleet
+    storage = build_storage(settings)
+    conn = await connect(settings.require_database_url(), application_name="bench-noqueue")
     print("READY", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     started = time.time()
     npcs = [record_from_row(row) for row in await conn.fetch(LOAD_ALL)]
-    sem = asyncio.Semaphore(args.concurrency)
+    sem = asyncio.Semaphore(settings.concurrency)
     last = started
 
     async def one(npc: Any) -> None:
@@ -89,7 +84,7 @@ async def run_noqueue(args: argparse.Namespace) -> None:
 
     results = await asyncio.gather(*(one(npc) for npc in npcs), return_exceptions=True)
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    Path(args.result).write_text(
+    result.write_text(
         json.dumps(
             {"started": started, "last_finish": last, "failures": len(errors), "errors": errors[:3]}
         )
@@ -100,7 +95,7 @@ async def run_noqueue(args: argparse.Namespace) -> None:
     await asyncio.to_thread(sys.stdin.readline)  # alive until the harness has read its CPU
 
 
-async def run_pgqueuer(args: argparse.Namespace) -> None:
+async def run_pgqueuer(settings: Settings, result: Path) -> None:
     import asyncpg
     from pgqueuer import PgQueuer
     from pgqueuer.models import Job
@@ -108,14 +103,13 @@ async def run_pgqueuer(args: argparse.Namespace) -> None:
     from npcforge.generation.openrouter import RESPONSE_SCHEMA
 
     system, frame = prompt_parts()
-    storage = FilesystemStorage(args.storage_dir, "npc-xml-files")
-    connection = await asyncpg.connect(
-        args.dsn, server_settings={"application_name": "pgqueuer-worker"}
-    )
+    storage = build_storage(settings)
+    dsn = settings.require_database_url()
+    connection = await asyncpg.connect(dsn, server_settings={"application_name": "pgqueuer-worker"})
     pgq = PgQueuer.from_asyncpg_connection(connection)
-    limit = max(64, args.concurrency)
+    limit = settings.effective_openrouter_connections
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
-    url = args.standin + "/api/v1/chat/completions"
+    url = settings.openrouter_base_url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": "Bearer bench-key", "Accept": "application/json"}
     starts: list[tuple[float, int]] = []
 
@@ -143,11 +137,11 @@ async def run_pgqueuer(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pgq.shutdown.set)
-    batch = max(1, args.concurrency // 2)
+    batch = max(1, settings.concurrency // 2)
     task = asyncio.create_task(
         pgq.run(
             batch_size=batch,
-            max_concurrent_tasks=args.concurrency,
+            max_concurrent_tasks=settings.concurrency,
             dequeue_timeout=timedelta(seconds=30),
         )
     )
@@ -155,18 +149,13 @@ async def run_pgqueuer(args: argparse.Namespace) -> None:
     print("READY", flush=True)
     await task
     await session.close()
-    Path(args.result).write_text(json.dumps({"starts": starts, "batch_size": batch}))
+    result.write_text(json.dumps({"starts": starts, "batch_size": batch}))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="benchmark baselines (run by bench/ scripts)")
-    parser.add_argument("kind", choices=["noqueue", "pgqueuer"])
-    for option in ("--dsn", "--standin", "--storage-dir", "--result"):
-        parser.add_argument(option, required=True)
-    parser.add_argument("--concurrency", type=int, required=True)
-    args = parser.parse_args()
-    if args.kind == "noqueue":
-        asyncio.run(run_noqueue(args))
+    settings, result = Settings(), Path(sys.argv[2])  # type: ignore[call-arg]
+    if sys.argv[1] == "noqueue":
+        asyncio.run(run_noqueue(settings, result))
     else:
-        uvloop.run(run_pgqueuer(args))
+        uvloop.run(run_pgqueuer(settings, result))
     os._exit(0)  # the result is written; skip interpreter teardown

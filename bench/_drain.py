@@ -1,4 +1,4 @@
-"""One measured drain of N jobs by one contender (W1, W2, W4), and the tables of its report.
+"""One measured drain of N jobs by one contender (W1, W2, W4; W3 paced), and its report's tables.
 
 Each drain gets a fresh database cloned from the migrated template, N fresh NPC rows and fresh
 contender processes: `npcforge` (P `python -m npcforge worker` processes), `pgqueuer` (its minimal
@@ -23,14 +23,16 @@ import json
 import statistics
 import subprocess
 import time
-from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import _harness as h
+import _processes as ps
 import aiohttp
 import asyncpg
 from _baselines import LOAD_ALL
+from _report import method, say, summary, table
 
 from npcforge.db.npcs import record_from_row
 from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN, record_for_prompt
@@ -50,7 +52,7 @@ async def prompt_records(conn: Any) -> list[tuple[str, str]]:
     ]
 
 
-async def warm_standin(standin: h.Process, records: list[tuple[str, str]]) -> None:
+async def warm_standin(standin: ps.Process, records: list[tuple[str, str]]) -> None:
     """Fill the stand-in's answer cache so no contender pays for the first rendering."""
     sem = asyncio.Semaphore(32)
     url = standin.url + "/api/v1/chat/completions"
@@ -65,39 +67,36 @@ async def warm_standin(standin: h.Process, records: list[tuple[str, str]]) -> No
     await standin.reset()
 
 
-async def warm(cluster: h.Cluster, standin: h.Process, jobs: int) -> None:
+async def warm(cluster: h.Cluster, standin: ps.Process, jobs: int) -> None:
     """Every run's NPCs are "Bench 1".."Bench N": warm the stand-in once for all of them."""
-    conn = await h.harness_connection(await h.create_database(cluster, "warm"))
-    await h.make_npcs(conn, jobs)
-    await warm_standin(standin, await prompt_records(conn))
-    await conn.close()
-    await h.drop_database(cluster, "warm")
+    async with h.database(cluster, "warm", jobs) as db:
+        await warm_standin(standin, await prompt_records(db.conn))
 
 
 async def start(
     kind: str,
     dsn: str,
     conn: Any,
-    standin: h.Process,
+    standin: ps.Process,
     wd: Path,
     tag: str,
     storage: Path,
     concurrency: int,
     processes: int = 1,
     env: dict[str, str] | None = None,
-) -> list[h.Process]:
+) -> list[ps.Process]:
     """`kind`'s processes, started and idle: `npcforge worker`s (connected and LISTENing) or a
-    baseline of bench/_baselines.py (READY; its result goes to `wd/tag.json`)."""
+    baseline of bench/_baselines.py (READY; its result goes to `wd/tag.json`), each in the
+    worker's environment (with `env`)."""
+    worker_env = {**ps.npcforge_env(dsn, standin.url, storage, concurrency), **(env or {})}
     if kind == "npcforge":
-        worker_env = {**h.npcforge_env(dsn, standin.url, storage, concurrency), **(env or {})}
-        procs = [h.spawn_worker(f"{tag}-{i}", wd, worker_env) for i in range(processes)]
+        procs = [ps.spawn_worker(f"{tag}-{i}", wd, worker_env) for i in range(processes)]
         for application in ("npcforge-listener", "npcforge-worker"):
             await h.wait_for_backends(conn, application, processes)
         await asyncio.sleep(0.5)  # the start-up sweep has run; the workers are idle
         return procs
-    options = f"--dsn {dsn} --standin {standin.url} --storage-dir {storage} --concurrency {concurrency}"  # fmt: skip
-    argv = [h.PYTHON, str(h.BENCH_DIR / "_baselines.py"), kind, *options.split(), "--result", str(wd / f"{tag}.json")]  # fmt: skip
-    proc = h.spawn(tag, argv, cwd=wd, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    argv = [ps.PYTHON, str(ps.BENCH_DIR / "_baselines.py"), kind, str(wd / f"{tag}.json")]
+    proc = ps.spawn(tag, argv, cwd=wd, env=worker_env, stdout=subprocess.PIPE, stdin=subprocess.PIPE)  # fmt: skip
     if await proc.read_line() != "READY":
         raise RuntimeError(f"{kind} did not start:\n{proc.log_tail()}")
     return [proc]
@@ -115,7 +114,7 @@ class Sampler:
     """CPU of every measured process before/after; RSS and sockets sampled while it runs."""
 
     def __init__(
-        self, cluster: h.Cluster, conn: Any, workers: list[h.Process], standin: h.Process
+        self, cluster: h.Cluster, conn: Any, workers: list[ps.Process], standin: ps.Process
     ) -> None:
         self.cluster, self.workers, self.standin = cluster, workers, standin
         self.backend = conn.get_server_pid()
@@ -124,15 +123,15 @@ class Sampler:
 
     def snap(self) -> dict[str, float]:
         return {
-            "worker": sum(h.proc_cpu(w.pid) for w in self.workers),
-            "worker_sys": sum(h.proc_cpu(w.pid, kernel_only=True) for w in self.workers),
-            "postgres": self.cluster.cpu_seconds() - h.proc_cpu(self.backend),
-            "standin": h.proc_cpu(self.standin.pid),
+            "worker": sum(ps.proc_cpu(w.pid) for w in self.workers),
+            "worker_sys": sum(ps.proc_cpu(w.pid, kernel_only=True) for w in self.workers),
+            "postgres": self.cluster.cpu_seconds() - ps.proc_cpu(self.backend),
+            "standin": ps.proc_cpu(self.standin.pid),
         }
 
     def sample(self) -> None:
-        self.sockets = max(self.sockets, sum(h.open_sockets(w.pid) for w in self.workers))
-        rss = sum((h.proc_status_kb(w.pid, "VmRSS") or 0) for w in self.workers) / 1024
+        self.sockets = max(self.sockets, sum(ps.open_sockets(w.pid) for w in self.workers))
+        rss = sum((ps.proc_status_kb(w.pid, "VmRSS") or 0) for w in self.workers) / 1024
         self.rss_mb = max(self.rss_mb, rss)
 
     def __enter__(self) -> Sampler:
@@ -158,7 +157,7 @@ LAST = {  # the last durable completion, and how many succeeded
 
 async def drain(
     cluster: h.Cluster,
-    standin: h.Process,
+    standin: ps.Process,
     wd: Path,
     contender: str,
     *,
@@ -168,81 +167,128 @@ async def drain(
     processes: int = 1,
     analyze: bool = False,
     env: dict[str, str] | None = None,
+    pace_ms: float = 0.0,
     timeout: float = 900.0,
 ) -> dict[str, Any]:
-    name = f"run_{tag}"
-    dsn = await h.create_database(cluster, name)
-    conn = await h.harness_connection(dsn)
-    await h.make_npcs(conn, jobs)
-    if analyze:
-        await conn.execute("ANALYZE")
-    storage, result_path = h.storage_root(wd), wd / f"{tag}.json"
-    procs: list[h.Process] = []
-    profiler: h.Process | None = None
-    try:
-        procs = await start(contender, dsn, conn, standin, wd, tag, storage, concurrency, processes, env)  # fmt: skip
-        if env and "BENCH_PYSPY" in env:  # one profiled run (W1 --profile): py-spy attaches
-            spy = f"record --rate 250 --gil --nonblocking --format raw --output {env['BENCH_PYSPY']} --pid {procs[0].pid}"  # fmt: skip
-            profiler = h.spawn(f"{tag}-py-spy", [str(Path(h.PYTHON).parent / "py-spy"), *spy.split()], cwd=wd)  # fmt: skip
-            await asyncio.sleep(1.0)
-        if contender == "pgqueuer":
-            payloads = [f"{i}\n{r}".encode() for i, r in await prompt_records(conn)]
-            plain, queries = await pgqueuer_queries(dsn)
-        await standin.reset()
-        await h.reset_statement_stats(conn)
-        with Sampler(cluster, conn, procs, standin) as sampler:
-            if contender == "npcforge":
-                await conn.execute("UPDATE npcs SET generation_job_status = 'queued'")
-            elif contender == "pgqueuer":
-                await queries.enqueue(["npc_xml"] * jobs, payloads, [0] * jobs)
-            else:
-                assert procs[0].popen.stdin is not None
-                procs[0].popen.stdin.write(b"GO\n")
-                procs[0].popen.stdin.flush()
-            started = time.time()
+    """One drain; with `pace_ms` (W3) its jobs are enqueued one at a time and its result holds
+    each job's latencies from the commit that queued it (`latency_ms`)."""
+    storage, result_path = ps.storage_root(wd), wd / f"{tag}.json"
+    procs: list[ps.Process] = []
+    profiler: ps.Process | None = None
+    async with h.database(cluster, f"run_{tag}", jobs) as db:
+        conn = db.conn
+        if analyze:
+            await conn.execute("ANALYZE")
+        try:
+            procs = await start(contender, db.dsn, conn, standin, wd, tag, storage, concurrency, processes, env)  # fmt: skip
+            if env and "BENCH_PYSPY" in env:  # one profiled run (W1 --profile): py-spy attaches
+                spy = f"record --rate 250 --gil --nonblocking --format raw --output {env['BENCH_PYSPY']} --pid {procs[0].pid}"  # fmt: skip
+                profiler = ps.spawn(f"{tag}-py-spy", [str(Path(ps.PYTHON).parent / "py-spy"), *spy.split()], cwd=wd)  # fmt: skip
+                await asyncio.sleep(1.0)
+            queries: Any = None
             if contender == "pgqueuer":
-                await plain.close()
-            done_sql = DONE.get(contender, "")
-            deadline = time.monotonic() + timeout
-            while not (await conn.fetchval(done_sql, jobs) if done_sql else result_path.exists()):
-                sampler.sample()
-                if not all(p.alive() for p in procs) or time.monotonic() > deadline:
-                    raise RuntimeError(f"{contender} did not finish:\n{procs[0].log_tail()}")
-                await asyncio.sleep(0.1)
-            if not done_sql:
-                await procs[0].read_line()  # DONE
-        result: dict[str, Any] = {
-            "contender": contender,
-            "jobs": jobs,
-            "concurrency": concurrency,
-            "processes": processes,
-            "stats": "analyzed" if analyze else "none",
-            "cpu_ms_per_job": sampler.per_job_ms(jobs),
-            "sockets_max": sampler.sockets,
-            "rss_max_mb": round(sampler.rss_mb, 1),
-            "peak_rss_mb": max(p.peak_rss_mb() or 0 for p in procs),
-            "variant": (env or {}).get("BENCH_VARIANT", "default"),
-        }
-        if done_sql:
-            stats = await h.statement_stats(conn)
-            last, succeeded = await conn.fetchrow(LAST[contender])
-            result.update(statements_per_job=stats["calls"] / jobs, statements=stats)
-        else:
-            body = json.loads(result_path.read_text())
-            started, last, succeeded = body["started"], body["last_finish"], jobs - body["failures"]
-        result.update(last=last, succeeded=succeeded)
-    finally:
-        if profiler is not None:
-            profiler.popen.send_signal(2)  # SIGINT: py-spy writes its profile and exits
-            profiler.popen.wait(60)
-        for proc in procs:
-            proc.stop()
-        await conn.close()
-        await h.drop_database(cluster, name)
+                records = await prompt_records(conn)
+                plain, queries = await pgqueuer_queries(db.dsn)
+            await standin.reset()
+            await h.reset_statement_stats(conn)
+            with Sampler(cluster, conn, procs, standin) as sampler:
+                began = time.time()
+                if pace_ms:
+                    npcs = db.ids if contender == "npcforge" else records
+                    acks, job_names = await paced(contender, conn, queries, npcs, pace_ms)
+                elif contender == "npcforge":
+                    await conn.execute("UPDATE npcs SET generation_job_status = 'queued'")
+                elif contender == "pgqueuer":
+                    payloads = [f"{npc_id}\n{record}".encode() for npc_id, record in records]
+                    await queries.enqueue(["npc_xml"] * jobs, payloads, [0] * jobs)
+                else:
+                    assert procs[0].popen.stdin is not None
+                    procs[0].popen.stdin.write(b"GO\n")
+                    procs[0].popen.stdin.flush()
+                started = began if pace_ms else time.time()  # W1: the enqueue's commit
+                if contender == "pgqueuer":
+                    await plain.close()
+                done_sql = DONE.get(contender, "")
+                deadline = time.monotonic() + timeout
+                while not (await conn.fetchval(done_sql, jobs) if done_sql else result_path.exists()):  # fmt: skip
+                    sampler.sample()
+                    if not all(p.alive() for p in procs) or time.monotonic() > deadline:
+                        raise RuntimeError(f"{contender} did not finish:\n{procs[0].log_tail()}")
+                    await asyncio.sleep(0.1)
+                if not done_sql:
+                    await procs[0].read_line()  # DONE
+            result: dict[str, Any] = {
+                "contender": contender,
+                "jobs": jobs,
+                "concurrency": concurrency,
+                "processes": processes,
+                "stats": "analyzed" if analyze else "none",
+                "cpu_ms_per_job": sampler.per_job_ms(jobs),
+                "sockets_max": sampler.sockets,
+                "rss_max_mb": round(sampler.rss_mb, 1),
+                "peak_rss_mb": max(p.peak_rss_mb() or 0 for p in procs),
+                "variant": (env or {}).get("BENCH_VARIANT", "default"),
+            }
+            if done_sql:
+                stats = await h.statement_stats(conn)
+                last, succeeded = await conn.fetchrow(LAST[contender])
+                result.update(statements_per_job=stats["calls"] / jobs, statements=stats)
+            else:
+                body = json.loads(result_path.read_text())
+                started, last, succeeded = body["started"], body["last_finish"], jobs - body["failures"]  # fmt: skip
+            result.update(last=last, succeeded=succeeded)
+            if pace_ms:
+                arrivals = {name: at for at, name in await standin.bench_get("/_bench/arrivals")}
+                latency = {"upstream": [(arrivals[n] - at) * 1000 for n, at in acks.items()]}
+                if contender == "npcforge":
+                    claims = await conn.fetch(CLAIMED)
+                    latency["claim"] = [(r["t"] - acks[r["name"]]) * 1000 for r in claims]
+                result["latency_ms"] = latency
+        finally:
+            if profiler is not None:
+                profiler.popen.send_signal(2)  # SIGINT: py-spy writes its profile and exits
+                profiler.popen.wait(60)
+            for proc in procs:
+                proc.stop()
+    if pace_ms and contender == "pgqueuer":  # its body's start of each job, written on exit
+        starts = json.loads(result_path.read_text())["starts"]
+        result["latency_ms"]["body"] = [(at - acks[job_names[job]]) * 1000 for at, job in starts]
     result["wall_s"] = result["last"] - started
     result["jobs_per_s"] = jobs / result["wall_s"]
-    result["files"] = sum(1 for p in (storage / h.BUCKET).iterdir() if p.suffix == ".xml")
+    result["files"] = sum(1 for p in (storage / ps.BUCKET).iterdir() if p.suffix == ".xml")
     return result
+
+
+CLAIMED = "SELECT name, extract(epoch FROM generation_job_claimed_at)::float8 AS t FROM npcs"
+
+
+async def paced(
+    contender: str, conn: Any, queries: Any, npcs: list[Any], interval_ms: float
+) -> tuple[dict[str, float], dict[int, str]]:
+    """W3's enqueue, after a second for the idle worker to settle: one job every `interval_ms`,
+    each by its own autocommit statement (npcforge: an UPDATE of one of the NPC ids `npcs`;
+    PGQueuer: one enqueue of one of the (id, record) `npcs`). When each commit was seen, by NPC
+    name, and the NPC name of each PGQueuer job id."""
+    acks: dict[str, float] = {}
+    job_names: dict[int, str] = {}
+    update = await conn.prepare(
+        "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 RETURNING name"
+    )
+    await asyncio.sleep(1.0)
+    next_at = time.monotonic()
+    for npc in npcs:
+        if contender == "npcforge":
+            # Two statements: in `acks[await …] = time.time()` the time is taken first, before
+            # the UPDATE is even sent, which counted its round trip against npcforge.
+            name = await update.fetchval(npc)
+            acks[name] = time.time()
+        else:
+            name = json.loads(npc[1])["name"]
+            job = (await queries.enqueue("npc_xml", f"{npc[0]}\n{npc[1]}".encode()))[0]
+            acks[name], job_names[int(job)] = time.time(), name
+        next_at += interval_ms / 1000
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    return acks, job_names
 
 
 def variant_envs(specs: list[str]) -> list[dict[str, str]]:
@@ -262,10 +308,11 @@ async def measure_drains(
     delay_ms: float,
     spread_ms: float = 0.0,
     warm_up: bool = True,
+    then: Callable[[Path, ps.Process], Awaitable[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Each run, each plan in order (keys for the result, `drain`'s keywords): one drain; then,
-    with `--profile`, one more npcforge run (and PGQueuer run, if it is a contender) under py-spy."""
-    results, profile = [], None
+    """Each run, each plan in order (keys for the result, `drain`'s keywords): one drain; then
+    `then(workdir, stand-in)`, whose keys join the results' (W1's profile)."""
+    results, extra = [], {}
     pgqueuer = "pgqueuer" in str(args.contenders)
     async with h.standin_session(cluster, "drain", delay_ms, spread_ms, pgqueuer) as (wd, standin):
         if warm_up:
@@ -274,89 +321,10 @@ async def measure_drains(
             for index, (keys, plan) in enumerate(plans):
                 result = await drain(cluster, standin, wd, jobs=args.jobs, tag=f"r{run}p{index}", **plan)  # fmt: skip
                 results.append({**result, **keys, "run": run})
-                h.say(one_line(result))
-        if getattr(args, "profile", False):
-            profiled = ["npcforge", *(["pgqueuer"] if pgqueuer else [])]
-            profile = await run_profile(cluster, standin, wd, args.jobs, args.concurrency[0], profiled)  # fmt: skip
-    return {"results": results, "profile": profile}
-
-
-# Where a profiled worker's time goes: each sample counts for the part of its innermost frame
-# that names one (JSON inside aiohttp counts as JSON, expat inside validation as validation).
-# py-spy writes frames as `function (module/path.py:line)`.
-PARTS = {
-    "XML validation and writing": ("(npcforge/generation/validator", "(npcforge/generation/xmlrules", "(npcforge/generation/recordcheck", "(npcforge/generation/listrules", "(npcforge/generation/tfs", "(npcforge/generation/stored_xml", "(xml/"),
-    "prompt": ("(npcforge/generation/prompt",),
-    "JSON": ("(json/", "json_bytes (", "json_value ("),
-    "logging": ("(logging/", "(npcforge/logs"),
-    "metrics": ("(prometheus_client/", "(npcforge/metrics"),
-    "file storage": ("(npcforge/storage/", "(tempfile.py", "(pathlib.py", "(<frozen os>", "(shutil.py"),
-    "asyncpg (SQL, pool)": ("(asyncpg/",),
-    "aiohttp client": ("(aiohttp/", "(yarl/", "(multidict/"),
-    "event loop and tasks": ("(asyncio/", "(uvloop/", "(concurrent/", "(threading.py"),
-    "pgqueuer": ("(pgqueuer/",),
-    "the rest of npcforge / the baseline's body": ("(npcforge/", "(_baselines.py"),
-}  # fmt: skip
-
-
-def part_of(stack: str) -> str:
-    for frame in reversed(stack.split(";")):
-        for part, markers in PARTS.items():
-            if any(marker in frame for marker in markers):
-                return part
-    return "other"
-
-
-async def run_profile(
-    cluster: h.Cluster, standin: h.Process, wd: Path, jobs: int, concurrency: int,
-    contenders: list[str],
-) -> dict[str, Any]:  # fmt: skip
-    """Each of `contenders` (npcforge, PGQueuer) one more run under py-spy (250 Hz, samples while
-    the GIL is held): ms per job by part (PARTS), next to the run's measured worker CPU, and
-    npcforge's self time by function (also in bench/results/w1-profile.txt)."""
-    profile: dict[str, Any] = {"concurrency": concurrency, "parts": {}, "cpu": {}}
-    for contender in contenders:
-        raw = wd / f"profile-{contender}.txt"
-        h.say(f"one {contender} run under py-spy (not counted)")
-        env = {"BENCH_PYSPY": str(raw)}
-        result = await drain(cluster, standin, wd, contender, jobs=jobs, concurrency=concurrency, tag=f"profile{contender}", env=env)  # fmt: skip
-        profile["cpu"][contender] = result["cpu_ms_per_job"]
-        parts: Counter[str] = Counter()
-        selfs: Counter[str] = Counter()
-        for line in raw.read_text().splitlines() if raw.exists() else []:
-            stack, _, count = line.rpartition(" ")
-            parts[part_of(stack)] += int(count)
-            frame = stack.split(";")[-1]
-            selfs[frame.split(" (")[0] + " (" + frame.rsplit("/", 1)[-1]] += int(count)
-        profile["parts"][contender] = {k: n / 250 * 1000 / jobs for k, n in parts.items()}
-        if contender == "npcforge":
-            total = sum(selfs.values())
-            profile["selfs"] = [[frame, n / total] for frame, n in selfs.most_common(40)]
-    h.RESULTS_DIR.mkdir(exist_ok=True)
-    (h.RESULTS_DIR / "w1-profile.txt").write_text(profile_text(profile) + "\n")
-    return profile
-
-
-def profile_text(profile: dict[str, Any] | str) -> str:
-    """The profile's tables (a results file of the earlier format: its text as it was)."""
-    if isinstance(profile, str):
-        return (
-            "Worker profile, self time by function (py-spy, GIL held):\n\n```\n" + profile + "\n```"
-        )
-    parts, cpu = profile["parts"], profile["cpu"]
-    shown = list(parts)  # npcforge first, then PGQueuer when it ran
-    names = sorted(set().union(*parts.values()), key=lambda k: -parts["npcforge"].get(k, 0.0))
-    rows = [[k, *(f"{parts[c].get(k, 0.0):.3f}" for c in shown)] for k in names]
-    rows.append(["**all samples (GIL held)**", *(f"{sum(parts[c].values()):.3f}" for c in shown)])  # fmt: skip
-    for key, what in (("worker", "worker CPU of the profiled run (user + kernel)"), ("worker_sys", "of which kernel")):  # fmt: skip
-        rows.append([what, *(f"{cpu[c].get(key, 0.0):.3f}" for c in shown)])
-    selfs = "\n".join(f"{share:6.1%}  {frame}" for frame, share in profile.get("selfs", [])[:25])
-    return (
-        f"Worker profile at concurrency {profile['concurrency']} (py-spy, 250 Hz, samples while "
-        "the GIL is held; each sample counted for the innermost frame's part), ms per job:\n\n"
-        + h.table("|".join(["part", *(LABELS[c] for c in shown)]), rows)
-        + "\n\nnpcforge, self time by function:\n\n```\n" + selfs + "\n```"
-    )  # fmt: skip
+                say(one_line(result))
+        if then is not None:
+            extra = await then(wd, standin)
+    return {"results": results, **extra}
 
 
 # --- reporting ----------------------------------------------------------------------------------
@@ -405,10 +373,10 @@ COLUMNS = [  # header, value of one run, digits
 def results_table(results: list[dict[str, Any]]) -> str:
     rows = []
     for (name, concurrency), runs in groups(results).items():
-        cells = [h.summary([fn(r) for r in runs], digits) for _, fn, digits in COLUMNS]
+        cells = [summary([fn(r) for r in runs], digits) for _, fn, digits in COLUMNS]
         complete = all(r["files"] == r["jobs"] == r["succeeded"] for r in runs)
         rows.append([name, concurrency, *cells, f"{len(runs)}{'' if complete else ' (incomplete!)'}"])  # fmt: skip
-    return h.table("|".join(["contender", "concurrency", *(c[0] for c in COLUMNS), "runs"]), rows)
+    return table("|".join(["contender", "concurrency", *(c[0] for c in COLUMNS), "runs"]), rows)
 
 
 def median_of(runs: list[dict[str, Any]], key: Any) -> float:
@@ -445,10 +413,10 @@ def statement_table(results: list[dict[str, Any]]) -> str:
             out += [
                 f"Statements of one {contender} run (concurrency {last['concurrency']}):",
                 "",
-                h.table("per job|mean ms|statement", rows),
+                table("per job|mean ms|statement", rows),
                 "",
             ]
     return "\n".join(out).rstrip()
 
 
-METHOD = h.method(__doc__ or "")
+METHOD = method(__doc__ or "")

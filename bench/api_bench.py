@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
+import _processes as ps
+from _report import method, percentile, say, table
 
 from apikit import SECRET, queue_job, set_status, token
+from clikit import free_port
 from npcforge.generation.xmlrules import render_npc_xml
 from npcforge.importer import insert_npc, parse_npc
 
@@ -77,36 +80,28 @@ def load(port: int, request: bytes, args: Any, queue: Any) -> None:
     asyncio.run(run())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def prepare(dsn: str, storage: Path) -> tuple[uuid.UUID, dict[str, str]]:
+async def prepare(conn: Any, storage: Path) -> tuple[uuid.UUID, dict[str, str]]:
     """One owner's `processing` job and `succeeded` one (its XML stored): the path of each."""
-    conn = await h.harness_connection(dsn)
     owner, paths = uuid.uuid4(), {"trivial": "/ping"}
     for status in ("processing", "succeeded"):
         npc = parse_npc({**json.loads(SAMPLE.read_text()), "name": f"Bench {status}", "ownerId": str(owner)})  # fmt: skip
         npc_id = await insert_npc(conn, npc)
         xml = render_npc_xml(npc.to_record()).encode() if status == "succeeded" else b""
         if xml:
-            (storage / h.BUCKET / f"{npc_id}.xml").write_bytes(xml)
+            (storage / ps.BUCKET / f"{npc_id}.xml").write_bytes(xml)
         job_id = await queue_job(conn, npc_id)
         await set_status(conn, npc_id, status, size=len(xml))
         paths[status] = f"/api/npcs/{npc_id}/generation-jobs/{job_id}"
-    await conn.close()
     return owner, paths
 
 
 def measure_one(cluster: h.Cluster, kind: str, path: str, access: str, env: dict[str, str], wd: Path, args: Any) -> dict[str, Any]:  # fmt: skip
     port = free_port()
     if kind == "trivial":
-        server = h.spawn("trivial", [h.PYTHON, __file__, "--serve-trivial", str(port)], cwd=wd)
+        server = ps.spawn("trivial", [ps.PYTHON, __file__, "--serve-trivial", str(port)], cwd=wd)
     else:
-        argv = [h.PYTHON, "-m", "npcforge", "api", "--host", "127.0.0.1", "--port", str(port)]
-        server = h.spawn(kind, argv, cwd=wd, env=env)
+        argv = [ps.PYTHON, "-m", "npcforge", "api", "--host", "127.0.0.1", "--port", str(port)]
+        server = ps.spawn(kind, argv, cwd=wd, env=env)
     try:
         deadline = time.monotonic() + 30
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
@@ -120,9 +115,9 @@ def measure_one(cluster: h.Cluster, kind: str, path: str, access: str, env: dict
         client = ctx.Process(target=load, args=(port, request, args, queue))
         client.start()
         assert queue.get(timeout=60) == "measuring"
-        before = h.proc_cpu(server.pid), cluster.cpu_seconds()
+        before = ps.proc_cpu(server.pid), cluster.cpu_seconds()
         latencies, errors = queue.get(timeout=args.duration + 60)
-        server_cpu, pg_cpu = h.proc_cpu(server.pid) - before[0], cluster.cpu_seconds() - before[1]
+        server_cpu, pg_cpu = ps.proc_cpu(server.pid) - before[0], cluster.cpu_seconds() - before[1]
         client.join()
     finally:
         server.stop()
@@ -131,8 +126,8 @@ def measure_one(cluster: h.Cluster, kind: str, path: str, access: str, env: dict
         "kind": kind,
         "rps": len(latencies) / args.duration,
         "errors": errors,
-        "p50": h.percentile(latencies, 50),
-        "p99": h.percentile(latencies, 99),
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
         "server_us": server_cpu / n * 1e6,
         "pg_us": pg_cpu / n * 1e6,
     }
@@ -140,32 +135,27 @@ def measure_one(cluster: h.Cluster, kind: str, path: str, access: str, env: dict
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
     await h.prepare_template(cluster)
-    wd = h.workdir("api")
-    dsn = await h.create_database(cluster, "api")
-    storage = h.storage_root(wd)
-    owner, paths = await prepare(dsn, storage)
-    access = token(owner)
-    env = {
-        "DATABASE_URL": dsn,
-        "NPCFORGE_AUTH": "jwt",
-        "SUPABASE_JWT_SECRET": SECRET,
-        "NPCFORGE_STORAGE": "filesystem",
-        "NPCFORGE_STORAGE_DIR": str(storage),
-        "NPCFORGE_LOG_LEVEL": "warning",
-    }
     results = []
-    try:
-        for index in range(args.rounds):
-            for kind, path in paths.items():
-                result = await asyncio.to_thread(measure_one, cluster, kind, path, access, env, wd, args)  # fmt: skip
-                results.append(result)
-                h.say(
-                    f"round {index + 1} {kind:>10}: {result['rps']:8,.0f} req/s, server "
-                    f"{result['server_us']:5.0f} µs/req, PostgreSQL {result['pg_us']:5.0f} µs"
-                )
-    finally:
-        await h.drop_database(cluster, "api")
-        h.remove_workdir(wd)
+    with h.workdir("api") as wd:
+        async with h.database(cluster, "api") as db:
+            storage = ps.storage_root(wd)
+            owner, paths = await prepare(db.conn, storage)
+            env = {
+                "DATABASE_URL": db.dsn,
+                "NPCFORGE_AUTH": "jwt",
+                "SUPABASE_JWT_SECRET": SECRET,
+                "NPCFORGE_STORAGE": "filesystem",
+                "NPCFORGE_STORAGE_DIR": str(storage),
+                "NPCFORGE_LOG_LEVEL": "warning",
+            }
+            for index in range(args.rounds):
+                for kind, path in paths.items():
+                    result = await asyncio.to_thread(measure_one, cluster, kind, path, token(owner), env, wd, args)  # fmt: skip
+                    results.append(result)
+                    say(
+                        f"round {index + 1} {kind:>10}: {result['rps']:8,.0f} req/s, server "
+                        f"{result['server_us']:5.0f} µs/req, PostgreSQL {result['pg_us']:5.0f} µs"
+                    )
     note = (
         f"Load: {args.connections} keep-alive connections for {args.duration:g} s after a "
         f"{args.warmup:g} s warm-up, {args.rounds} round(s) per contender, medians"
@@ -193,8 +183,8 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     verdict = "meets" if lowest >= 0.5 else "misses"
     return "\n\n".join([
         data["environment"],
-        h.method(__doc__ or ""),
-        h.table(header, rows),
+        method(__doc__ or ""),
+        table(header, rows),
         f"Result: the API {verdict} the target of 0.5 (lowest ratio {lowest:.2f}).",
     ])  # fmt: skip
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from typing import Any
@@ -23,17 +22,13 @@ from typing import Any
 import _drain as d
 import _harness as h
 import asyncpg
+from _report import page, say, summary, table
 
 from npcforge.db.queries import q
+from npckit import make_owners, npcs_sql
+from plankit import explain
 
 CLAIM_ARGS = (20, "bench-worker", 30.0, [])  # no owner is over a daily budget
-INSERT_QUEUED = """
-INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type, look_type_id,
-  greet_message, farewell_message, decline_message, no_shop_message, on_close_shop_message,
-  generation_job_status)
-SELECT $1, $4 || g, 2000, 100, 100, 'monster', 21, 'Hi.', 'Bye.', 'No.', 'No shop.', 'Bye.',
-  'queued' FROM generate_series($2::int, $3::int) AS g
-"""
 
 
 async def notified(dsn: str, channel: str, statement: Any) -> tuple[float, int]:
@@ -52,22 +47,19 @@ async def notified(dsn: str, channel: str, statement: Any) -> tuple[float, int]:
 async def part_notifications(cluster: h.Cluster, rows: int, run: int) -> dict[str, Any]:
     from pgqueuer.domain.settings import db_settings
 
-    dsn = await h.create_database(cluster, f"bulk_notify_{run}")
-    conn = await h.harness_connection(dsn)
-    plain, queries = await d.pgqueuer_queries(dsn)
-    await h.make_npcs(conn, rows)
-    owner = await conn.fetchval("SELECT id FROM profiles LIMIT 1")
-    reset = "UPDATE npcs SET generation_job_status = 'succeeded' WHERE name LIKE 'Bench %';"
-    statements = {  # label: (channel, the statement)
-        "UPDATE … SET generation_job_status = 'queued' (all rows)": ("npcforge_jobs", lambda: conn.execute("UPDATE npcs SET generation_job_status = 'queued'")),
-        "INSERT … generation_job_status = 'queued' (new rows)": ("npcforge_jobs", lambda: conn.execute(INSERT_QUEUED, owner, 1, rows, "Queued ")),
-        "SELECT npcforge_enqueue(id) FROM npcs (set)": ("npcforge_jobs", lambda: conn.execute(reset + "SELECT npcforge_enqueue(id) FROM npcs WHERE name LIKE 'Bench %'")),
-        "PGQueuer queries.enqueue(list of rows)": (str(db_settings().channel), lambda: queries.enqueue(["npc_xml"] * rows, [b"x"] * rows, [0] * rows)),
-    }  # fmt: skip
-    out = {label: await notified(dsn, channel, run_it) for label, (channel, run_it) in statements.items()}  # fmt: skip
-    await plain.close()
-    await conn.close()
-    await h.drop_database(cluster, f"bulk_notify_{run}")
+    async with h.database(cluster, f"bulk_notify_{run}", rows) as db:
+        conn = db.conn
+        plain, queries = await d.pgqueuer_queries(db.dsn)
+        owners = await make_owners(conn)
+        reset = "UPDATE npcs SET generation_job_status = 'succeeded' WHERE name LIKE 'Bench %';"
+        statements = {  # label: (channel, the statement)
+            "UPDATE … SET generation_job_status = 'queued' (all rows)": ("npcforge_jobs", lambda: conn.execute("UPDATE npcs SET generation_job_status = 'queued'")),
+            "INSERT … generation_job_status = 'queued' (new rows)": ("npcforge_jobs", lambda: conn.execute(npcs_sql(status=True), owners, 1, rows, "Queued", "queued")),
+            "SELECT npcforge_enqueue(id) FROM npcs (set)": ("npcforge_jobs", lambda: conn.execute(reset + "SELECT npcforge_enqueue(id) FROM npcs WHERE name LIKE 'Bench %'")),
+            "PGQueuer queries.enqueue(list of rows)": (str(db_settings().channel), lambda: queries.enqueue(["npc_xml"] * rows, [b"x"] * rows, [0] * rows)),
+        }  # fmt: skip
+        out = {label: await notified(db.dsn, channel, run_it) for label, (channel, run_it) in statements.items()}  # fmt: skip
+        await plain.close()
     return out
 
 
@@ -83,14 +75,7 @@ async def explained(conn: Any, n: int, sql: str, args: tuple[Any, ...], generic:
     """EXPLAIN ANALYZE `n` times, each in a rolled-back transaction (the claim changes rows)."""
     found: dict[str, Any] = {"planning_ms": [], "execution_ms": [], "shape": []}
     for _ in range(n):
-        tr = conn.transaction()
-        await tr.start()
-        try:
-            await conn.execute(f"SET LOCAL plan_cache_mode = {'force_generic_plan' if generic else 'auto'}")  # fmt: skip
-            plan = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
-        finally:
-            await tr.rollback()
-        top = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+        top = await explain(conn, sql, *args, generic=generic)
         found["planning_ms"].append(top["Planning Time"])
         found["execution_ms"].append(top["Execution Time"])
         found["shape"] = shape(top["Plan"])
@@ -98,47 +83,46 @@ async def explained(conn: Any, n: int, sql: str, args: tuple[Any, ...], generic:
 
 
 async def part_claim(cluster: h.Cluster, queued: int, repeats: int) -> dict[str, Any]:
-    dsn = await h.create_database(cluster, "bulk_claim")
-    conn = await h.harness_connection(dsn)
-    await conn.execute("ALTER TABLE npcs SET (autovacuum_enabled = false)")
-    owner = await conn.fetchval(
-        "INSERT INTO profiles (id, display_name) VALUES (gen_random_uuid(), 'bulk') RETURNING id"
-    )
-    started = time.perf_counter()
-    for offset in range(0, queued, 200_000):
-        await conn.execute(INSERT_QUEUED, owner, offset + 1, min(offset + 200_000, queued), "Bulk ")
-        h.say(f"bulk: inserted {min(offset + 200_000, queued):,} queued rows")
-    out: dict[str, Any] = {"queued": queued, "insert_s": time.perf_counter() - started}
-    out["table_mb"] = await conn.fetchval("SELECT pg_total_relation_size('npcs') / 1048576.0")
-    claim = q("claim_jobs")
-    queries = {  # label: (repetitions, statement, arguments, generic plan)
-        "claim_jobs (LIMIT 20), custom plan": (repeats, claim, CLAIM_ARGS),
-        "claim_jobs (LIMIT 20), generic plan": (repeats, claim, CLAIM_ARGS, True),
-        "claim_jobs (LIMIT 1), custom plan": (repeats, claim, (1, *CLAIM_ARGS[1:])),
-        "next_run_after": (3, q("next_run_after"), ([],)),
-        "queue_stats": (3, q("queue_stats"), ()),
-    }
-    for stats in ("no ANALYZE", "after ANALYZE"):
-        if stats == "after ANALYZE":
-            await conn.execute("ANALYZE npcs")
-        section = {name: await explained(conn, *how) for name, how in queries.items()}
-        prepared, trips = await conn.prepare(claim), []
-        for _ in range(repeats * 4):
-            tr = conn.transaction()
-            await tr.start()
-            began = time.perf_counter()
-            assert len(await prepared.fetch(*CLAIM_ARGS)) == CLAIM_ARGS[0]
-            trips.append((time.perf_counter() - began) * 1000)
-            await tr.rollback()  # the claim's rows stay queued
-        trip = {"planning_ms": [], "execution_ms": trips, "shape": []}
-        section["claim_jobs (LIMIT 20), prepared, client round trip (asyncpg)"] = trip
-        out[stats] = section
-        custom = statistics.median(section["claim_jobs (LIMIT 20), custom plan"]["execution_ms"])
-        h.say(
-            f"bulk: {stats}: custom {custom:.3f} ms, round trip {statistics.median(trips):.3f} ms"
-        )
-    await conn.close()
-    await h.drop_database(cluster, "bulk_claim")
+    async with h.database(cluster, "bulk_claim") as db:
+        conn = db.conn
+        await conn.execute("ALTER TABLE npcs SET (autovacuum_enabled = false)")
+        owners = await make_owners(conn)
+        started = time.perf_counter()
+        for offset in range(0, queued, 200_000):
+            last = min(offset + 200_000, queued)
+            await conn.execute(npcs_sql(status=True), owners, offset + 1, last, "Bulk", "queued")
+            say(f"bulk: inserted {last:,} queued rows")
+        out: dict[str, Any] = {"queued": queued, "insert_s": time.perf_counter() - started}
+        out["table_mb"] = await conn.fetchval("SELECT pg_total_relation_size('npcs') / 1048576.0")
+        claim = q("claim_jobs")
+        queries = {  # label: (repetitions, statement, arguments, generic plan)
+            "claim_jobs (LIMIT 20), custom plan": (repeats, claim, CLAIM_ARGS),
+            "claim_jobs (LIMIT 20), generic plan": (repeats, claim, CLAIM_ARGS, True),
+            "claim_jobs (LIMIT 1), custom plan": (repeats, claim, (1, *CLAIM_ARGS[1:])),
+            "next_run_after": (3, q("next_run_after"), ([],)),
+            "queue_stats": (3, q("queue_stats"), ()),
+        }
+        for stats in ("no ANALYZE", "after ANALYZE"):
+            if stats == "after ANALYZE":
+                await conn.execute("ANALYZE npcs")
+            section = {name: await explained(conn, *how) for name, how in queries.items()}
+            prepared, trips = await conn.prepare(claim), []
+            for _ in range(repeats * 4):
+                tr = conn.transaction()
+                await tr.start()
+                began = time.perf_counter()
+                assert len(await prepared.fetch(*CLAIM_ARGS)) == CLAIM_ARGS[0]
+                trips.append((time.perf_counter() - began) * 1000)
+                await tr.rollback()  # the claim's rows stay queued
+            trip = {"planning_ms": [], "execution_ms": trips, "shape": []}
+            section["claim_jobs (LIMIT 20), prepared, client round trip (asyncpg)"] = trip
+            out[stats] = section
+            custom = statistics.median(
+                section["claim_jobs (LIMIT 20), custom plan"]["execution_ms"]
+            )
+            say(
+                f"bulk: {stats}: custom {custom:.3f} ms, round trip {statistics.median(trips):.3f} ms"
+            )
     return out
 
 
@@ -157,18 +141,18 @@ async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any
 
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     runs = data["notifications"]
-    notify = [[label, h.summary([r[label][0] for r in runs], 1), h.summary([r[label][1] for r in runs], 0)] for label in runs[0]]  # fmt: skip
+    notify = [[label, summary([r[label][0] for r in runs], 1), summary([r[label][1] for r in runs], 0)] for label in runs[0]]  # fmt: skip
     rows, shapes = [], []
     for stats in ("no ANALYZE", "after ANALYZE"):
         for name, found in data["claim"][stats].items():
-            planning = h.summary(found["planning_ms"], 3) if found["planning_ms"] else "–"
-            rows.append([name, stats, planning, h.summary(found["execution_ms"], 3)])
+            planning = summary(found["planning_ms"], 3) if found["planning_ms"] else "–"
+            rows.append([name, stats, planning, summary(found["execution_ms"], 3)])
             if "LIMIT 20), " in name and "plan" in name:
                 shapes.append(f"{stats}, {name}:\n" + "\n".join("    " + s for s in found["shape"]))
-    return h.page(
+    return page(
         data,
-        h.table("one statement|statement ms|notifications received", notify),
-        h.table("query|statistics|planning ms|execution ms", rows),
+        table("one statement|statement ms|notifications received", notify),
+        table("query|statistics|planning ms|execution ms", rows),
         "Plan shapes (last EXPLAIN of each):",
         "```\n" + "\n".join(shapes) + "\n```",
     )

@@ -24,28 +24,14 @@ from typing import Any
 
 import _harness as h
 import httpx
+from _report import say, table
 
 from apikit import api_harness, bearer, token
+from npckit import make_owners, npcs_sql
 
 OWNERS = 1000
 CODES = ["AI_TIMEOUT", "AI_INVALID_XML", "LIMIT_EXCEEDED", "AI_UPSTREAM", "STORAGE_ERROR"]
 XML = '<npc name="Guard">\n  <health now="{}" max="100"/>\n</npc>\n'
-
-SEED = """
-WITH owners AS (
-  INSERT INTO profiles (id, display_name)
-  SELECT gen_random_uuid(), 'owner ' || g FROM generate_series(1, $2) AS g
-  RETURNING id
-), numbered AS (
-  SELECT id, row_number() OVER () AS k FROM owners
-)
-INSERT INTO npcs (owner_id, name, walk_interval, health_now, health_max, look_type, look_type_id,
-  greet_message, farewell_message, decline_message, no_shop_message, on_close_shop_message)
-SELECT o.id, 'Guard ' || g, 2000, 100, 100, 'monster', 21, 'Halt, |PLAYERNAME|!', 'Move along.',
-       'No.', 'No shop.', 'Bye.'
-  FROM generate_series(1, $1) AS g
-  JOIN numbered o ON o.k = 1 + g % $2
-"""
 
 JOBS = """
 UPDATE npcs SET
@@ -87,12 +73,13 @@ SELECT CASE WHEN a = $1 THEN n.generation_job_id ELSE gen_random_uuid() END, n.i
 
 async def seed(conn: Any, npcs: int, per_npc: int) -> tuple[Any, Any]:
     """The NPCs, jobs and attempts; one succeeded NPC (and its owner) with two kept XML files."""
-    steps = [("npcs", SEED, npcs, OWNERS), ("jobs", JOBS, CODES), ("spread", SPREAD),
-             ("attempts", ATTEMPTS, per_npc), ("vacuum", "VACUUM ANALYZE")]  # fmt: skip
+    owners = await make_owners(conn, OWNERS)
+    steps = [("npcs", npcs_sql(), owners, 1, npcs, "Guard"), ("jobs", JOBS, CODES),
+             ("spread", SPREAD), ("attempts", ATTEMPTS, per_npc), ("vacuum", "VACUUM ANALYZE")]  # fmt: skip
     for name, sql, *args in steps:
         started = time.perf_counter()
         await conn.execute(sql, *args)
-        h.say(f"  seeded {name} in {time.perf_counter() - started:.1f} s")
+        say(f"  seeded {name} in {time.perf_counter() - started:.1f} s")
     npc, owner = await conn.fetchrow(
         "SELECT id, owner_id FROM npcs WHERE generation_job_status = 'succeeded' LIMIT 1"
     )
@@ -123,37 +110,31 @@ def p95(times: list[float]) -> float:
 
 async def measure(cluster: h.Cluster, args: argparse.Namespace) -> dict[str, Any]:
     await h.prepare_template(cluster)
-    dsn = await h.create_database(cluster, "console")
-    conn = await h.harness_connection(dsn)
-    h.say(f"seeding {args.npcs} NPCs, {args.npcs * args.attempts_per_npc} attempts")
-    npc, owner = await seed(conn, args.npcs, args.attempts_per_npc)
-    await conn.close()
-    wd = h.workdir("console")
     results: list[tuple[str, str, list[float]]] = []
-    try:
-        async with api_harness(dsn, wd) as api:  # the test suite's: the real app, ASGI transport
-            await api.storage.put(f"{npc}.xml", XML.format(2).encode())
-            service, user = bearer(token(None, role="service_role")), bearer(token(owner))
-            first = await api.client.get("/console/jobs", headers=service)
-            cursor = re.search(r"cursor=([0-9a-f-]+)", first.text)
-            assert cursor, "no next page on the jobs list"
-            pages = [
-                ("overview", "/console"),
-                ("jobs, first page", "/console/jobs"),
-                ("jobs, page 2 (cursor)", f"/console/jobs?cursor={cursor.group(1)}"),
-                ("jobs, failed AI_TIMEOUT", "/console/jobs?status=failed&code=AI_TIMEOUT"),
-                ("jobs, name prefix", "/console/jobs?name=Guard%2012"),
-                ("NPC page", f"/console/npcs/{npc}"),
-            ]
-            for who, headers in (("service role", service), ("one user", user)):
-                for label, url in pages:
-                    times = await timed(api.client, url, headers, args.requests)
-                    results.append((who, label, times))
-                    h.say(f"  {who:12} {label:26} p50 {statistics.median(times):6.1f} ms"
-                          f"  p95 {p95(times):6.1f} ms  max {max(times):6.1f} ms")  # fmt: skip
-    finally:
-        await h.drop_database(cluster, "console")
-        h.remove_workdir(wd)
+    with h.workdir("console") as wd:
+        async with h.database(cluster, "console") as db:
+            say(f"seeding {args.npcs} NPCs, {args.npcs * args.attempts_per_npc} attempts")
+            npc, owner = await seed(db.conn, args.npcs, args.attempts_per_npc)
+            async with api_harness(db.dsn, wd) as api:  # the test suite's: the real app in-process
+                await api.storage.put(f"{npc}.xml", XML.format(2).encode())
+                service, user = bearer(token(None, role="service_role")), bearer(token(owner))
+                first = await api.client.get("/console/jobs", headers=service)
+                cursor = re.search(r"cursor=([0-9a-f-]+)", first.text)
+                assert cursor, "no next page on the jobs list"
+                pages = [
+                    ("overview", "/console"),
+                    ("jobs, first page", "/console/jobs"),
+                    ("jobs, page 2 (cursor)", f"/console/jobs?cursor={cursor.group(1)}"),
+                    ("jobs, failed AI_TIMEOUT", "/console/jobs?status=failed&code=AI_TIMEOUT"),
+                    ("jobs, name prefix", "/console/jobs?name=Guard%2012"),
+                    ("NPC page", f"/console/npcs/{npc}"),
+                ]
+                for who, headers in (("service role", service), ("one user", user)):
+                    for label, url in pages:
+                        times = await timed(api.client, url, headers, args.requests)
+                        results.append((who, label, times))
+                        say(f"  {who:12} {label:26} p50 {statistics.median(times):6.1f} ms"
+                              f"  p95 {p95(times):6.1f} ms  max {max(times):6.1f} ms")  # fmt: skip
     return {"results": results}
 
 
@@ -168,7 +149,7 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
 page after a warm-up, one at a time, in-process (ASGI transport: routing, JWT check, queries, \
 templates; no socket).
 
-{h.table("who|page|p50 ms|p95 ms|max ms", rows).replace("|---|---|---|---|---|", "|---|---|---:|---:|---:|")}
+{table("who|page|p50 ms|p95 ms|max ms", rows).replace("|---|---|---|---|---|", "|---|---|---:|---:|---:|")}
 
 Reproduce: `python bench/console_bench.py`."""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import _drain as d
 import _harness as h
+from _report import page
 from w1_throughput import measure, options
 
 
@@ -21,7 +22,7 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         (name, d.median_of(runs, lambda r: r["wall_s"]))
         for (name, _), runs in d.groups(data["results"]).items()
     ]
-    return h.page(
+    return page(
         data,
         d.results_table(data["results"]),
         f"Wall time against the ideal ({ideal:g} s = jobs ÷ concurrency × delay):",

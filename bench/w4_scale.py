@@ -20,6 +20,7 @@ from typing import Any
 
 import _drain as d
 import _harness as h
+from _report import page, table
 
 SHAPES = {"npcforge": ("npcforge", 1), "npcforge4": ("npcforge", 4), "pgqueuer": ("pgqueuer", 1)}
 
@@ -78,9 +79,9 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         "ms/job|peak RSS MB (one process)|RSS MB (all, at most)|RSS KB per in-flight job|open "
         "sockets (most)|not succeeded / no file"
     )
-    return h.page(
+    return page(
         data,
-        h.table(header, rows),
+        table(header, rows),
         f"""Ideal wall time {ideal:.1f} s ({low:.1f}-{high:.1f} over 20 draws): the same latency
 distribution on {args.concurrency} slots with no queue cost, each slot taking the next job the
 moment it is free. Jobs × mean latency ÷ concurrency ({naive:g} s) is below any real run: it
