@@ -258,7 +258,9 @@ def main(
     else:
         with bench_cluster(cluster_settings) as cluster:
             data = asyncio.run(measure(cluster, args))
-            data["environment"] = environment_block(cluster, data.pop("notes", []))
+            data["environment"] = environment_block(
+                cluster.version, cluster.settings, data.pop("notes", [])
+            )
         RESULTS_DIR.mkdir(exist_ok=True)
         saved = RESULTS_DIR / f"{key}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
         saved.write_text(json.dumps({"args": vars(args), **data}, indent=1, default=str))

