@@ -33,7 +33,8 @@ POLICY = {
     "npcforge.generation.tfs", "npcforge.generation.listrules", "npcforge.generation.xmlrules",
     "npcforge.generation.recordcheck", "npcforge.generation.validator",
     "npcforge.generation.stored_xml", "npcforge.generation.prompt",
-    "npcforge.generation.answer", "npcforge.generation.upstream_errors",
+    "npcforge.generation.answer", "npcforge.generation.completion",
+    "npcforge.generation.upstream_errors",
     "npcforge.worker.options",
 }  # fmt: skip
 IO_MODULES = {

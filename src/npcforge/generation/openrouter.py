@@ -33,9 +33,17 @@ import aiohttp
 from npcforge import speedups
 from npcforge.backoff import backoff, parse_retry_after
 from npcforge.config import Settings
-from npcforge.errors import AiInvalidXml, AiRefused, AiUpstream, JobError, LimitExceeded
-from npcforge.generation.answer import content_text, extract_xml
+from npcforge.errors import AiInvalidXml, AiUpstream, JobError, LimitExceeded
+from npcforge.generation.answer import extract_xml
 from npcforge.generation.base import CallStats, Generated, RepairRequest
+from npcforge.generation.completion import (
+    Truncated,
+    answer_text,
+    clean,
+    first_choice,
+    record_usage,
+    redact_error,
+)
 from npcforge.generation.prompt import build_messages, max_tokens_for
 from npcforge.generation.upstream_errors import (
     ResponseFormatRejected,
@@ -44,7 +52,6 @@ from npcforge.generation.upstream_errors import (
 )
 from npcforge.generation.upstream_gate import OpenGate, UpstreamGate
 from npcforge.npc import NpcRecord
-from npcforge.redaction import redact, scrub
 
 log = logging.getLogger("npcforge.openrouter")
 
@@ -66,13 +73,6 @@ RESPONSE_SCHEMA: dict[str, Any] = {
         },
     },
 }
-
-# Ids and names the upstream sends (request id, generation id, model) are short.
-UPSTREAM_ID_LIMIT = 200
-
-
-class _Truncated(Exception):
-    """finish_reason "length": the completion hit max_tokens."""
 
 
 class OpenRouterProvider:
@@ -126,7 +126,7 @@ class OpenRouterProvider:
             error.details = {**(error.details or {}), "retries": stats.retries}
             if stats.generation_id:
                 error.details["generationId"] = stats.generation_id
-            self._redact(error)
+            redact_error(error, self._key)
             self._log_failure(npc, error, stats)
             raise
         finally:
@@ -190,7 +190,7 @@ class OpenRouterProvider:
                     "openrouter model rejected response_format; asking again without it",
                     extra={"npc_id": str(npc.id), "model": self._settings.openrouter_model},
                 )
-            except _Truncated:
+            except Truncated:
                 if widened or max_tokens >= MAX_COMPLETION_TOKENS:
                     raise AiInvalidXml(
                         f"the model's output was cut off at max_tokens={max_tokens}",
@@ -304,10 +304,10 @@ class OpenRouterProvider:
                 self._url, data=speedups.json_bytes(body), headers=self._headers(), timeout=timeout
             ) as response:
                 status = response.status
-                request_id = self._clean(response.headers.get("x-request-id"))
+                request_id = clean(response.headers.get("x-request-id"), self._key)
                 if request_id:
                     stats.request_id = request_id
-                header_generation = self._clean(response.headers.get("x-generation-id"))
+                header_generation = clean(response.headers.get("x-generation-id"), self._key)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 raw = await self._read_body(response)
                 stats.answered += 1
@@ -399,17 +399,8 @@ class OpenRouterProvider:
         retry_after: float | None,
     ) -> str:
         """Read a 2xx chat completion, raising for the errors that arrive with HTTP 200."""
-        self._record_usage(payload, stats)
-        top_error = payload.get("error")
-        choices = payload.get("choices")
-        choice = _mapping(choices[0]) if isinstance(choices, list) and choices else None
-        embedded: Mapping[str, Any] | None = None
-        if isinstance(top_error, Mapping):
-            embedded = top_error  # e.g. {"error": {...}, "user_id": ...} and no choices
-        elif choice is not None and (
-            choice.get("finish_reason") == "error" or isinstance(choice.get("error"), Mapping)
-        ):
-            embedded = _mapping(choice.get("error"))
+        record_usage(payload, stats, self._key)
+        choice, embedded = first_choice(payload)
         if embedded is not None:
             raise await self._upstream_error(status, payload, retry_after, stats, embedded)
         if choice is None:
@@ -419,68 +410,8 @@ class OpenRouterProvider:
                 retryable=True,
                 request_id=stats.request_id,
             )
-        finish_reason = self._clean(choice.get("finish_reason"))
         await self._gate.on_success()
-        message = _mapping(choice.get("message"))
-        if finish_reason == "content_filter":
-            raise AiRefused(
-                "the model's output was stopped by a content filter",
-                details={"finishReason": finish_reason},
-                request_id=stats.request_id,
-            )
-        refusal = message.get("refusal")
-        if isinstance(refusal, str) and refusal.strip():
-            raise AiRefused(
-                "the model refused to answer",
-                details={"finishReason": finish_reason},
-                request_id=stats.request_id,
-            )
-        if finish_reason == "length":
-            raise _Truncated
-        content = content_text(message.get("content"))
-        if not content.strip():
-            raise AiUpstream(
-                "the model returned no content",
-                details={"status": status, "finishReason": finish_reason},
-                retryable=True,
-                request_id=stats.request_id,
-            )
-        return content
-
-    # --- hygiene ---------------------------------------------------------------------------------
-
-    def _clean(self, value: object) -> str | None:
-        """An id or name the upstream sent, without the key and bounded; None if not a string."""
-        if not isinstance(value, str) or not value.strip():
-            return None
-        return scrub(value, (self._key,), UPSTREAM_ID_LIMIT)
-
-    def _redact(self, error: JobError) -> None:
-        """Upstream text is scrubbed where it is read; this last pass covers every string of the
-        error once more, so no path that composes a message can carry the key out."""
-        error.message = redact(error.message, (self._key,))
-        if error.details:
-            error.details = _redacted(error.details, self._key)
-
-    def _record_usage(self, payload: Mapping[str, Any], stats: CallStats) -> None:
-        """Model, generation id and what this request cost; tokens and cost add up across
-        retries."""
-        model = self._clean(payload.get("model"))
-        if model:
-            stats.model = model
-        generation_id = self._clean(payload.get("id"))
-        if generation_id:
-            stats.generation_id = generation_id
-        usage = _mapping(payload.get("usage"))
-        prompt_tokens = _int(usage.get("prompt_tokens"))
-        if prompt_tokens is not None:
-            stats.prompt_tokens = (stats.prompt_tokens or 0) + prompt_tokens
-        completion_tokens = _int(usage.get("completion_tokens"))
-        if completion_tokens is not None:
-            stats.completion_tokens = (stats.completion_tokens or 0) + completion_tokens
-        cost = usage.get("cost")
-        if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
-            stats.cost = (stats.cost or 0.0) + float(cost)
+        return answer_text(status, choice, stats.request_id, self._key)
 
     def _log_failure(self, npc: NpcRecord, error: JobError, stats: CallStats) -> None:
         log.warning(
@@ -498,27 +429,8 @@ class OpenRouterProvider:
         )
 
 
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 def _json_or_none(raw: bytes) -> object:
     try:
         return speedups.json_value(raw)
     except ValueError:
         return None
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _redacted(value: Any, key: str) -> Any:
-    """A JSON value with `key` (and its fragments) redacted from every string in it."""
-    if isinstance(value, str):
-        return redact(value, (key,))
-    if isinstance(value, dict):
-        return {k: _redacted(v, key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, key) for v in value]
-    return value
