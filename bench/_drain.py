@@ -110,41 +110,6 @@ async def pgqueuer_queries(dsn: str) -> tuple[Any, Any]:
     return plain, Queries(AsyncpgDriver(plain))
 
 
-class Sampler:
-    """CPU of every measured process before/after; RSS and sockets sampled while it runs."""
-
-    def __init__(
-        self, cluster: h.Cluster, conn: Any, workers: list[ps.Process], standin: ps.Process
-    ) -> None:
-        self.cluster, self.workers, self.standin = cluster, workers, standin
-        self.backend = conn.get_server_pid()
-        self.sockets = 0
-        self.rss_mb = 0.0
-
-    def snap(self) -> dict[str, float]:
-        return {
-            "worker": sum(ps.proc_cpu(w.pid) for w in self.workers),
-            "worker_sys": sum(ps.proc_cpu(w.pid, kernel_only=True) for w in self.workers),
-            "postgres": self.cluster.cpu_seconds() - ps.proc_cpu(self.backend),
-            "standin": ps.proc_cpu(self.standin.pid),
-        }
-
-    def sample(self) -> None:
-        self.sockets = max(self.sockets, sum(ps.open_sockets(w.pid) for w in self.workers))
-        rss = sum((ps.proc_status_kb(w.pid, "VmRSS") or 0) for w in self.workers) / 1024
-        self.rss_mb = max(self.rss_mb, rss)
-
-    def __enter__(self) -> Sampler:
-        self.before = self.snap()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.after = self.snap()
-
-    def per_job_ms(self, jobs: int) -> dict[str, float]:
-        return {k: (self.after[k] - self.before[k]) * 1000 / jobs for k in self.before}
-
-
 DONE = {  # every job is done (the baseline without a queue writes its result file instead)
     "npcforge": "SELECT count(*) >= $1 FROM npcs WHERE generation_job_status IN ('succeeded', 'failed')",
     "pgqueuer": "SELECT count(*) = 0 OR $1 < 0 FROM pgqueuer",
@@ -191,7 +156,7 @@ async def drain(
                 plain, queries = await pgqueuer_queries(db.dsn)
             await standin.reset()
             await h.reset_statement_stats(conn)
-            with Sampler(cluster, conn, procs, standin) as sampler:
+            with ps.Sampler(cluster, conn.get_server_pid(), procs, standin) as sampler:
                 began = time.time()
                 if pace_ms:
                     npcs = db.ids if contender == "npcforge" else records
@@ -271,13 +236,12 @@ async def paced(
     name, and the NPC name of each PGQueuer job id."""
     acks: dict[str, float] = {}
     job_names: dict[int, str] = {}
-    update = await conn.prepare(
-        "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 RETURNING name"
-    )
+    one = "UPDATE npcs SET generation_job_status = 'queued' WHERE id = $1 RETURNING name"
+    update = await conn.prepare(one) if contender == "npcforge" else None
     await asyncio.sleep(1.0)
     next_at = time.monotonic()
     for npc in npcs:
-        if contender == "npcforge":
+        if update is not None:
             # Two statements: in `acks[await …] = time.time()` the time is taken first, before
             # the UPDATE is even sent, which counted its round trip against npcforge.
             name = await update.fetchval(npc)

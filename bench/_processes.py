@@ -178,3 +178,38 @@ def storage_root(parent: Path) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     (root / BUCKET).mkdir(parents=True)
     return root
+
+
+class Sampler:
+    """CPU of every measured process before/after; RSS and sockets sampled while it runs."""
+
+    def __init__(
+        self, cluster: Any, backend: int, workers: list[Process], standin: Process
+    ) -> None:
+        """`cluster.cpu_seconds()`: PostgreSQL's; `backend`: the harness's own, left out of it."""
+        self.cluster, self.backend, self.workers, self.standin = cluster, backend, workers, standin
+        self.sockets = 0
+        self.rss_mb = 0.0
+
+    def snap(self) -> dict[str, float]:
+        return {
+            "worker": sum(proc_cpu(w.pid) for w in self.workers),
+            "worker_sys": sum(proc_cpu(w.pid, kernel_only=True) for w in self.workers),
+            "postgres": self.cluster.cpu_seconds() - proc_cpu(self.backend),
+            "standin": proc_cpu(self.standin.pid),
+        }
+
+    def sample(self) -> None:
+        self.sockets = max(self.sockets, sum(open_sockets(w.pid) for w in self.workers))
+        rss = sum((proc_status_kb(w.pid, "VmRSS") or 0) for w in self.workers) / 1024
+        self.rss_mb = max(self.rss_mb, rss)
+
+    def __enter__(self) -> Sampler:
+        self.before = self.snap()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.after = self.snap()
+
+    def per_job_ms(self, jobs: int) -> dict[str, float]:
+        return {k: (self.after[k] - self.before[k]) * 1000 / jobs for k in self.before}
