@@ -49,6 +49,8 @@ HARNESS_ROLE = "bench_harness"  # its statements are left out of the counts
 TEMPLATE_DB = "bench_template"
 SHOWN_SETTINGS = ("shared_buffers", "fsync", "synchronous_commit", "max_connections",
                   "track_commit_timestamp", "shared_preload_libraries")  # fmt: skip
+
+
 # --- the cluster ------------------------------------------------------------------------------
 
 
@@ -128,26 +130,30 @@ async def _admin(cluster: Cluster, *statements: str) -> None:
         await conn.close()
 
 
+@dataclass
+class Database:
+    """One measured run's database: its DSN, the harness's connection to it (whose statements are
+    left out of the counts) and the NPCs made in it, in name order."""
+
+    dsn: str
+    conn: Any
+    ids: list[Any] = field(default_factory=list)
+
+
 @contextlib.asynccontextmanager
 async def database(cluster: Cluster, name: str, npcs: int = 0) -> AsyncIterator[Database]:
     """A fresh database cloned from the template, the harness's connection to it and `npcs` NPCs
     named "Bench 1".."Bench N"; dropped afterwards."""
     await _admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
                  f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")  # fmt: skip
-    db = Database(cluster.pg.dsn_for(name), await harness_connection(cluster.pg.dsn_for(name)))
+    dsn = cluster.pg.dsn_for(name)
+    db = Database(dsn, await harness_connection(dsn))
     try:
         db.ids = await make_npcs(db.conn, npcs, prefix="Bench") if npcs else []
         yield db
     finally:
         db.conn.terminate()
         await _admin(cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@dataclass
-class Database:
-    dsn: str
-    conn: Any  # the harness's connection (its statements are left out of the counts)
-    ids: list[Any] = field(default_factory=list)  # the NPCs made with it, in name order
 
 
 def harness_dsn(dsn: str) -> str:
