@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,21 +35,6 @@ from npcforge.config import Settings
 from npcforge.storage.factory import build_storage
 
 LOAD_ALL = "SELECT * FROM npcforge_npc_records"
-
-
-def prompt_parts() -> tuple[str, str]:
-    """npcforge's system prompt and its user prompt's frame, so both contenders send the same."""
-    from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN, build_messages
-    from npcforge.npc import Look, Messages, NpcRecord
-
-    sample = NpcRecord(
-        id=uuid.uuid4(),
-        name="x",
-        look=Look(type="monster", type_id=1),
-        messages=Messages("a", "b", "c", "d", "e"),
-    )
-    frame = f"Write the Jiddo NPC XML file for this record.\n\n{RECORD_OPEN}\n{{}}\n{RECORD_CLOSE}"
-    return build_messages(sample)[0]["content"], frame
 
 
 async def run_noqueue(settings: Settings, result: Path) -> None:
@@ -101,8 +85,9 @@ async def run_pgqueuer(settings: Settings, result: Path) -> None:
     from pgqueuer.models import Job
 
     from npcforge.generation.openrouter import RESPONSE_SCHEMA
+    from npcforge.generation.prompt import system_prompt, user_prompt
 
-    system, frame = prompt_parts()
+    system = system_prompt()
     storage = build_storage(settings)
     dsn = settings.require_database_url()
     connection = await asyncpg.connect(dsn, server_settings={"application_name": "pgqueuer-worker"})
@@ -122,7 +107,7 @@ async def run_pgqueuer(settings: Settings, result: Path) -> None:
             "model": "bench/standin",
             "messages": [
                 {"role": "system", "content": system},
-                {"role": "user", "content": frame.format(record)},
+                {"role": "user", "content": user_prompt(record)},
             ],
             "temperature": 0,
             "max_tokens": 1024,

@@ -35,7 +35,7 @@ from _baselines import LOAD_ALL
 from _report import method, say, summary, table
 
 from npcforge.db.npcs import record_from_row
-from npcforge.generation.prompt import RECORD_CLOSE, RECORD_OPEN, record_for_prompt
+from npcforge.generation.prompt import record_for_prompt, user_prompt
 
 LABELS = {
     "npcforge": "npcforge",
@@ -59,7 +59,7 @@ async def warm_standin(standin: ps.Process, records: list[tuple[str, str]]) -> N
     async with aiohttp.ClientSession() as session:
 
         async def one(record: str) -> None:
-            message = {"role": "user", "content": f"{RECORD_OPEN}\n{record}\n{RECORD_CLOSE}"}
+            message = {"role": "user", "content": user_prompt(record)}
             async with sem, session.post(url, json={"model": "w", "messages": [message]}) as r:
                 await r.read()
 

@@ -194,14 +194,23 @@ def _counts(npc: NpcRecord) -> str:
     return "\n".join(lines)
 
 
-def _user_prompt(npc: NpcRecord) -> str:
-    record = json.dumps(record_for_prompt(npc), ensure_ascii=False)
-    counts = _counts(npc)
+def system_prompt(*, json_answer: bool = True) -> str:
+    """The system turn: the rules, and the answer's form (`{"xml": ...}`, else bare XML)."""
+    return _SYSTEM_PROMPT + (_JSON_ANSWER if json_answer else _XML_ANSWER)
+
+
+def user_prompt(record_json: str, counts: str = "") -> str:
+    """The user turn for a record already written as the prompt's JSON (`record_for_prompt`),
+    with the counts to check before answering, if any."""
     check = f"\n\nCheck before answering:\n{counts}" if counts else ""
     return (
         "Write the Jiddo NPC XML file for this record.\n\n"
-        f"{RECORD_OPEN}\n{record}\n{RECORD_CLOSE}{check}"
+        f"{RECORD_OPEN}\n{record_json}\n{RECORD_CLOSE}{check}"
     )
+
+
+def _user_prompt(npc: NpcRecord) -> str:
+    return user_prompt(json.dumps(record_for_prompt(npc), ensure_ascii=False), _counts(npc))
 
 
 def _repair_prompt(repair: RepairRequest) -> str:
@@ -221,9 +230,8 @@ def build_messages(
 
     A repair replays the previous answer as the assistant's turn and adds the findings.
     """
-    system = _SYSTEM_PROMPT + (_JSON_ANSWER if json_answer else _XML_ANSWER)
     messages = [
-        {"role": "system", "content": system},
+        {"role": "system", "content": system_prompt(json_answer=json_answer)},
         {"role": "user", "content": _user_prompt(npc)},
     ]
     if repair is not None:
