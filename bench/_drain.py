@@ -91,9 +91,7 @@ async def start(
     worker_env = {**ps.npcforge_env(dsn, standin.url, storage, concurrency), **(env or {})}
     if kind == "npcforge":
         procs = [ps.spawn_worker(f"{tag}-{i}", wd, worker_env) for i in range(processes)]
-        for application in ("npcforge-listener", "npcforge-worker"):
-            await h.wait_for_backends(conn, application, processes)
-        await asyncio.sleep(0.5)  # the start-up sweep has run; the workers are idle
+        await h.wait_for_workers(conn, processes)
         return procs
     argv = [ps.PYTHON, str(ps.BENCH_DIR / "_baselines.py"), kind, str(wd / f"{tag}.json")]
     proc = ps.spawn(tag, argv, cwd=wd, env=worker_env, stdout=subprocess.PIPE, stdin=subprocess.PIPE)  # fmt: skip

@@ -173,9 +173,7 @@ class Run:
         for slot in self.slots:
             slot.spawn()
             slot.task = asyncio.create_task(slot.supervise())
-        for application in ("npcforge-listener", "npcforge-worker"):
-            await h.wait_for_backends(self.conn, application, len(self.slots))
-        await asyncio.sleep(0.5)
+        await h.wait_for_workers(self.conn, len(self.slots))
         await self.standin.reset()
         await self.conn.execute("UPDATE npcs SET generation_job_status = 'queued'")
         self.enqueued = time.time()

@@ -164,16 +164,20 @@ async def harness_connection(dsn: str) -> Any:
     return await connect(harness_dsn(dsn), application_name="bench-harness")
 
 
-async def wait_for_backends(conn: Any, name: str, count: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_workers(conn: Any, count: int, timeout: float = 30.0) -> None:
+    """Until `count` `npcforge worker`s are connected (their LISTEN and worker connections, each
+    within `timeout`) and, half a second later, past their start-up sweep and idle."""
     sql = (
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
         "AND datname = current_database()"
     )
-    while await conn.fetchval(sql, name) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{count} connection(s) named {name!r} did not appear")
-        await asyncio.sleep(0.05)
+    for name in ("npcforge-listener", "npcforge-worker"):
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval(sql, name) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} connection(s) named {name!r} did not appear")
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
 
 
 async def reset_statement_stats(conn: Any) -> None:
