@@ -39,7 +39,7 @@ async def make_npcs(
     """`count` small NPCs named "<prefix> <first>".."<prefix> <first + count - 1>" of `owners` new
     owners (`npcs_sql`), inserted as `status` when one is given; their ids in name order."""
     args = [await make_owners(conn, owners), first, first + count - 1, prefix]
-    rows = await conn.fetch(
-        npcs_sql(bool(status)) + "RETURNING id", *args, *[status] * bool(status)
-    )
+    if status:
+        args.append(status)
+    rows = await conn.fetch(npcs_sql(status=bool(status)) + "RETURNING id", *args)
     return [row["id"] for row in rows]
