@@ -135,28 +135,21 @@ def rules_version() -> str:
     return digest.hexdigest()[:16]
 
 
-# Per class: the fields a file can say (not row ids, not the owner); None for a non-dataclass.
-_HASHED_FIELDS: dict[type, tuple[str, ...] | None] = {}
-
-
+@cache
 def _hashed_fields(kind: type) -> tuple[str, ...] | None:
-    """Cached per class: looking the fields up each time was most of a job's hash."""
-    if kind not in _HASHED_FIELDS:
-        _HASHED_FIELDS[kind] = (
-            tuple(
-                f.name
-                for f in dataclasses.fields(kind)
-                if f.name not in ("id", "phrase_ids", "owner_id")
-            )
-            if dataclasses.is_dataclass(kind)
-            else None
-        )
-    return _HASHED_FIELDS[kind]
+    """The fields of a class a file can say (not row ids, not the owner); None for a class that
+    is not a dataclass. Cached per class: looking the fields up each time was most of a job's
+    hash."""
+    if not dataclasses.is_dataclass(kind):
+        return None
+    skipped = ("id", "phrase_ids", "owner_id")
+    return tuple(f.name for f in dataclasses.fields(kind) if f.name not in skipped)
 
 
 def _without_row_ids(value: Any) -> Any:
     """The record as plain data, without row ids and the owner (no file says them)."""
-    names = _hashed_fields(type(value))
+    kind: type = type(value)
+    names = _hashed_fields(kind)
     if names is not None:
         return {name: _without_row_ids(getattr(value, name)) for name in names}
     if isinstance(value, tuple | list):
